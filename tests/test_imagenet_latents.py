@@ -75,7 +75,7 @@ def test_ranks_take_disjoint_slices_of_the_global_batch(shards):
     data = LatentShards(root)
     world, bs = 3, 4
     for step in (0, 3, 7):
-        per_rank = [ids(data.batch(step, bs, seed=0, rank=k, world_size=world, flip=False)[0])
+        per_rank = [ids(data.batch(step, bs * world, seed=0, rank=k, world_size=world, flip=False)[0])
                     for k in range(world)]
         assert len(set(np.concatenate(per_rank).tolist())) == world * bs
         glob = data.batch_indices(step, bs * world, seed=0)
@@ -108,7 +108,7 @@ def test_clear_errors(tmp_path, shards):
         LatentShards(tmp_path / "empty")
     root, _, _ = shards
     with pytest.raises(ValueError, match="exceeds"):
-        LatentShards(root).batch(0, batch_size=40, seed=0, world_size=2)
+        LatentShards(root).batch(0, batch_size=80, seed=0, world_size=2)
 
 
 def test_extract_latents_missing_vae_exits_with_instructions(tmp_path, capsys):

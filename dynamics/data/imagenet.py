@@ -112,6 +112,16 @@ class LatentShards:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def num_classes(self) -> int:
+        """ImageNet's 1000 unless index.json says otherwise."""
+        return int(self.index.get("num_classes", 1000))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample latent shape, e.g. (4, 32, 32)."""
+        return tuple(self._shard(0)[0].shape[1:])
+
     def _shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents, labels) of shard i, opened on first use and kept."""
         if i not in self._arrays:
@@ -145,9 +155,9 @@ class LatentShards:
             y[rows[order]] = labels[local[order]]
         return torch.from_numpy(x), torch.from_numpy(y)
 
-    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+    def steps_per_epoch(self, batch_size: int) -> int:
         """Full global batches per epoch (the remainder of each permutation is dropped)."""
-        return len(self) // (batch_size * world_size)
+        return len(self) // batch_size
 
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
         key = (seed, epoch)
@@ -157,33 +167,35 @@ class LatentShards:
 
     def batch_indices(self, step: int, batch_size: int, seed: int, rank: int = 0,
                       world_size: int = 1) -> np.ndarray:
-        """Global sample indices of this rank's share of the batch at `step` (pure function of the args)."""
+        """Sample indices of this rank's share of the global batch at `step` (pure function of the args)."""
         if step < 0 or seed < 0:
             raise ValueError(f"step and seed must be non-negative, got step={step}, seed={seed}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        steps = self.steps_per_epoch(batch_size, world_size)
+        if batch_size % world_size != 0:
+            raise ValueError(f"global batch {batch_size} is not divisible by world_size {world_size}")
+        steps = self.steps_per_epoch(batch_size)
         if steps == 0:
-            raise ValueError(f"global batch {batch_size * world_size} exceeds the {len(self)} samples "
-                             f"in {self.root}")
+            raise ValueError(f"global batch {batch_size} exceeds the {len(self)} samples in {self.root}")
         epoch, pos = divmod(step, steps)
-        global_batch = batch_size * world_size
-        start = pos * global_batch + rank * batch_size
-        return self._permutation(seed, epoch)[start:start + batch_size]
+        local = batch_size // world_size
+        start = pos * batch_size + rank * local
+        return self._permutation(seed, epoch)[start:start + local]
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
               flip: bool = True) -> tuple[Tensor, Tensor]:
-        """This rank's (x [B,4,32,32] float32, y [B] long) at `step`; a pure function of its arguments.
+        """This rank's (x [B/world,4,32,32] float32, y long) at `step`; a pure function of its arguments.
 
-        The global batch is batch_size * world_size; rank k takes the k-th contiguous slice of it, so
-        ranks see disjoint samples. With flip=True each sample is flipped along the width axis with
-        probability 1/2, decided by (seed, step, position in the global batch).
+        batch_size is the global batch; rank k takes the k-th contiguous slice of it, so ranks see
+        disjoint samples. With flip=True each sample is flipped along the width axis with probability
+        1/2, decided by (seed, step, position in the global batch).
         """
         idx = self.batch_indices(step, batch_size, seed, rank, world_size)
         x, y = self.get(idx)
         if flip:
-            coins = np.random.default_rng([seed, 1, step]).random(batch_size * world_size) < 0.5
-            mine = torch.from_numpy(coins[rank * batch_size:(rank + 1) * batch_size])
+            local = batch_size // world_size
+            coins = np.random.default_rng([seed, 1, step]).random(batch_size) < 0.5
+            mine = torch.from_numpy(coins[rank * local:(rank + 1) * local])
             x = torch.where(mine[:, None, None, None], x.flip(-1), x)
         return x, y
 

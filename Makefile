@@ -1,0 +1,34 @@
+# Every target sets itself up on a fresh machine: a virtual environment in .venv, then the package.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SCALE ?= cpu
+
+.PHONY: install test lint reproduce bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch and torchvision as the pair that lies on this kind of machine's disk (works with torch-fidelity)
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check dynamics experiments tests benchmarks
+	$(BIN)/python -m pytest -x -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check dynamics experiments tests benchmarks
+
+reproduce: $(STAMP)
+	$(BIN)/dynamics reproduce --scale $(SCALE)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/step_cost.py
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,509 @@
+"""Run configuration: dataclasses, presets, `key=value` overrides and validation.
+
+A run is fully described by one `RunConfig`; its JSON form is what lands in `config.json` and what the
+results store hashes to name the run directory. Presets are plain functions returning a `RunConfig`,
+so a preset is readable top to bottom and a study can derive grid points from it with `replace`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a run configuration; the message names the key and what is allowed."""
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _in_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    bad = value <= lo if lo_open else value < lo
+    if bad or value > hi:
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"{name}={value!r} is out of range; allowed {bracket}{lo}, {hi}]")
+
+
+DATASETS = ("moons", "checkerboard", "gaussians8", "gaussian", "spirals", "rings", "digits", "imagenet_latents")
+TOY_DATASETS = ("moons", "checkerboard", "gaussians8", "gaussian", "spirals", "rings")
+
+
+@dataclass
+class DataConfig:
+    name: str = "moons"
+    # Axis-aligned Gaussian ("gaussian"): mean and per-axis scale; the exact mean flow is known in closed form.
+    mean: list[float] = field(default_factory=lambda: [1.0, -0.5])
+    scale: list[float] = field(default_factory=lambda: [0.5, 0.25])
+    path: str = ""  # ImageNet latent shards directory
+    hflip: bool = True
+
+    def validate(self) -> None:
+        _choice("data.name", self.name, DATASETS)
+        if self.name == "gaussian" and len(self.mean) != len(self.scale):
+            raise ConfigError(f"data.mean has {len(self.mean)} dims but data.scale has {len(self.scale)}")
+        if self.name == "gaussian" and min(self.scale) <= 0:
+            raise ConfigError(f"data.scale={self.scale} must be positive in every dim")
+        if self.name == "imagenet_latents" and not self.path:
+            raise ConfigError("data.path is required for data.name=imagenet_latents (a directory of latent shards)")
+
+
+MODELS = ("mlp", "dit")
+DIT_SIZES = ("tiny", "S/2", "S/4", "B/4", "B/2", "M/2", "L/2", "XL/2")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    # MLP
+    width: int = 256
+    depth: int = 3
+    time_embedding: str = "raw"  # raw (t, t - r as inputs) | sinusoidal (DiT-style, scale 1000)
+    # DiT
+    size: str = "tiny"
+    patch_size: int = 0  # 0 = the size's own patch (tiny: 2)
+
+    def validate(self) -> None:
+        _choice("model.name", self.name, MODELS)
+        _choice("model.time_embedding", self.time_embedding, ("raw", "sinusoidal"))
+        _choice("model.size", self.size, DIT_SIZES)
+        if self.width < 1 or self.depth < 1:
+            raise ConfigError(f"model.width={self.width} and model.depth={self.depth} must be >= 1")
+
+
+SAMPLERS = ("logit_normal", "uniform", "dt_bin")
+
+
+@dataclass
+class SamplerConfig:
+    """The (t, r) sampler. `dt_bin`: dt uniform in [dt_min, dt_max], t uniform in [dt, 1] (the O2 bins)."""
+
+    kind: str = "logit_normal"
+    mu: float = -0.4
+    sigma: float = 1.0
+    ratio_r_eq_t: float = 0.75  # share of each batch with r = t (the v term)
+    dt_min: float = 0.1
+    dt_max: float = 0.3
+
+    def validate(self, prefix: str = "objective.sampler") -> None:
+        _choice(f"{prefix}.kind", self.kind, SAMPLERS)
+        _in_range(f"{prefix}.ratio_r_eq_t", self.ratio_r_eq_t, 0.0, 1.0)
+        _in_range(f"{prefix}.sigma", self.sigma, 0.0, 100.0, lo_open=True)
+        if self.kind == "dt_bin":
+            _in_range(f"{prefix}.dt_min", self.dt_min, 0.0, 1.0)
+            _in_range(f"{prefix}.dt_max", self.dt_max, 0.0, 1.0)
+            if self.dt_max < self.dt_min:
+                raise ConfigError(f"{prefix}.dt_max={self.dt_max} must be >= {prefix}.dt_min={self.dt_min}")
+
+
+@dataclass
+class CFGConfig:
+    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null)."""
+
+    class_dropout: float = 0.1
+    w: float = 1.0
+    kappa: float = 0.0
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def validate(self) -> None:
+        _in_range("objective.cfg.class_dropout", self.class_dropout, 0.0, 1.0)
+        _in_range("objective.cfg.kappa", self.kappa, 0.0, 1.0)
+        if self.kappa >= 1.0:
+            raise ConfigError("objective.cfg.kappa must be < 1 (effective guidance w / (1 - kappa))")
+        if not 0.0 <= self.t_min <= self.t_max <= 1.0:
+            raise ConfigError(f"objective.cfg needs 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
+
+
+@dataclass
+class DTDConfig:
+    """Denoising-Task-Difficulty curriculum on the v-term timesteps (easiest, t near 1, first)."""
+
+    clusters: int = 10
+    mode: str = "pace"  # pace (fixed fractions of training) | patience (v-loss plateau)
+    # pace: the last cluster opens at this fraction of training; the full distribution follows at the end
+    # of the curriculum. Cluster k opens at k / clusters * pace_until.
+    pace_until: float = 0.5
+    patience: int = 3  # windows without improvement of the windowed v-loss before opening a cluster
+    window: int = 50  # steps per window
+
+    def validate(self) -> None:
+        if self.clusters < 1:
+            raise ConfigError(f"objective.dtd.clusters={self.clusters} must be >= 1")
+        _choice("objective.dtd.mode", self.mode, ("pace", "patience"))
+        _in_range("objective.dtd.pace_until", self.pace_until, 0.0, 1.0, lo_open=True)
+        if self.patience < 1 or self.window < 1:
+            raise ConfigError("objective.dtd.patience and objective.dtd.window must be >= 1")
+
+
+@dataclass
+class ObjectiveConfig:
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    adaptive_p: float = 1.0
+    adaptive_c: float = 1e-3
+    alpha: str = "none"  # v-term weight: none | minsnr
+    minsnr_gamma: float = 5.0
+    v_sampling: str = "base"  # v-term timestep sampling: base | dtd
+    dtd: DTDConfig = field(default_factory=DTDConfig)
+    beta: str = "none"  # u-term weight: none | progressive
+    beta_k: float = 1.0
+    contamination_k: float = 0.0  # v-term target noise of norm k |v|
+    cfg: CFGConfig = field(default_factory=CFGConfig)
+    jvp: str = "rows"  # rows (tangent only for r != t rows) | full (whole batch, peers' way)
+
+    def validate(self) -> None:
+        self.sampler.validate()
+        if self.adaptive_p < 0 or self.adaptive_c <= 0:
+            raise ConfigError(f"objective.adaptive_p={self.adaptive_p} must be >= 0 and adaptive_c > 0")
+        _choice("objective.alpha", self.alpha, ("none", "minsnr"))
+        _choice("objective.v_sampling", self.v_sampling, ("base", "dtd"))
+        _choice("objective.beta", self.beta, ("none", "progressive"))
+        _choice("objective.jvp", self.jvp, ("rows", "full"))
+        if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
+            raise ConfigError("objective.minsnr_gamma, objective.beta_k must be > 0, contamination_k >= 0")
+        self.dtd.validate()
+        self.cfg.validate()
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a run: which loss terms are on, for how long, with which (t, r) sampler."""
+
+    epochs: float = 1.0
+    terms: str = "both"  # both (joint MeanFlow) | v (t = r only) | u (t != r only)
+    sampler: SamplerConfig | None = None  # None: the objective's sampler
+
+    def validate(self, i: int) -> None:
+        _choice(f"phases.{i}.terms", self.terms, ("both", "v", "u"))
+        if self.epochs <= 0:
+            raise ConfigError(f"phases.{i}.epochs={self.epochs} must be > 0")
+        if self.sampler is not None:
+            self.sampler.validate(prefix=f"phases.{i}.sampler")
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: float = 1.0  # 0: only at the end
+    nfe: list[int] = field(default_factory=lambda: [1, 2])  # few-step sampling with u
+    nfe_v: list[int] = field(default_factory=lambda: [32])  # Euler with v = u(z, t, t)
+    num_samples: int = 4096
+    metrics: list[str] = field(default_factory=lambda: ["sw2", "energy"])
+
+    def validate(self) -> None:
+        if min(self.nfe + self.nfe_v, default=1) < 1:
+            raise ConfigError(f"eval.nfe={self.nfe} and eval.nfe_v={self.nfe_v} must hold integers >= 1")
+        if self.num_samples < 2:
+            raise ConfigError(f"eval.num_samples={self.num_samples} must be >= 2")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"  # constant | cosine (after warm-up)
+    warmup_steps: int = 200
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    steps_per_epoch: int = 1000
+    epochs: float = 10.0  # used when `phases` is empty
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_epochs: list[float] = field(default_factory=list)  # epochs whose checkpoints are kept for fine-tunes
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    grad_clip: float = 0.0  # 0: off
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps_per_epoch", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _in_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+        _in_range("train.adam_beta1", self.adam_beta1, 0.0, 1.0)
+        _in_range("train.adam_beta2", self.adam_beta2, 0.0, 1.0)
+        if self.epochs <= 0:
+            raise ConfigError(f"train.epochs={self.epochs} must be > 0")
+
+
+@dataclass
+class InitConfig:
+    """Start from another run's checkpoint (shared pre-training across a grid)."""
+
+    run_dir: str = ""
+    epoch: float = -1.0  # -1: the run's final checkpoint
+    # DESIGN section 4: a phase that starts from another run continues its optimiser state and EMA.
+    load_optimizer: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    scale: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+    init: InitConfig = field(default_factory=InitConfig)
+
+    def validate(self) -> RunConfig:
+        self.data.validate()
+        self.model.validate()
+        self.objective.validate()
+        self.train.validate()
+        self.eval.validate()
+        for i, phase in enumerate(self.phases):
+            phase.validate(i)
+        if self.model.name == "mlp" and self.data.name in ("digits", "imagenet_latents"):
+            raise ConfigError(f"model.name=mlp works on 2-D toy data only, not data.name={self.data.name}")
+        if self.model.name == "dit" and self.data.name in TOY_DATASETS:
+            raise ConfigError(f"model.name=dit needs image data (digits, imagenet_latents), not {self.data.name}")
+        return self
+
+    def resolved_phases(self) -> list[PhaseConfig]:
+        """The phases of this run: the configured ones, or one joint phase of `train.epochs`."""
+        return self.phases or [PhaseConfig(epochs=self.train.epochs)]
+
+    def total_epochs(self) -> float:
+        return sum(p.epochs for p in self.resolved_phases())
+
+    def total_steps(self) -> int:
+        return phase_boundaries(self)[-1]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return _from_dict(cls, d, "")
+
+
+def phase_boundaries(cfg: RunConfig) -> list[int]:
+    """Cumulative step counts [0, end_1, end_2, ...] of the run's phases."""
+    bounds = [0]
+    for p in cfg.resolved_phases():
+        bounds.append(bounds[-1] + max(1, round(p.epochs * cfg.train.steps_per_epoch)))
+    return bounds
+
+
+# ----------------------------------------------------------------------------------------------------
+# dict <-> dataclass, key=value overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, d: dict, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {d!r}")
+    types = _field_types(cls)
+    unknown = set(d) - set(types)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(sorted(types))}")
+    kwargs = {k: _coerce(types[k], v, f"{prefix}{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}.{i}") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the right-hand side of key=value: JSON when it parses (numbers, lists, true/false), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `a.b.c=value` overrides (list indices allowed: `phases.0.epochs=2`) and validate."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = d
+        for j, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: j + 1]))
+        last = parts[-1]
+        if isinstance(node, list):
+            _child(node, last, key)
+            node[int(last)] = _parse_value(text)
+        else:
+            if last not in node:
+                allowed = ", ".join(sorted(node))
+                raise ConfigError(f"unknown key '{key}'; allowed here: {allowed}")
+            node[last] = _parse_value(text)
+    return RunConfig.from_dict(d).validate()
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"'{path}': index {part!r} out of range (list has {len(node)} items)")
+        return node[int(part)]
+    if not isinstance(node, dict) or part not in node:
+        allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
+        raise ConfigError(f"unknown key '{path}'; allowed here: {allowed}")
+    if node[part] is None:
+        raise ConfigError(f"'{path}' is unset (null); set the whole section, e.g. {path}=" + "{...}")
+    return node[part]
+
+
+# ----------------------------------------------------------------------------------------------------
+# presets
+
+SCALES = ("smoke", "cpu", "digits", "b4", "m2", "l2", "xl2")
+METHODS = ("vanilla", "minsnr", "dtd", "lu", "minsnr-lu", "dtd-lu")
+
+
+def _smoke() -> RunConfig:
+    cfg = _cpu()
+    cfg.scale = "smoke"
+    cfg.model.width, cfg.model.depth = 64, 2
+    cfg.train.batch_size = 128
+    cfg.train.steps_per_epoch = 10
+    cfg.train.epochs = 3
+    cfg.train.warmup_steps = 5
+    cfg.train.log_every = 5
+    cfg.train.ckpt_every = 10
+    cfg.eval.num_samples = 512
+    cfg.eval.nfe, cfg.eval.nfe_v = [1, 2], [8]
+    cfg.objective.dtd.window = 5
+    return cfg
+
+
+def _cpu() -> RunConfig:
+    """The embedded default: a 2-D toy set, an MLP on raw (t, t - r), calibrated for 2 cores."""
+    cfg = RunConfig(name="cpu", scale="cpu")
+    cfg.data = DataConfig(name="moons")
+    cfg.model = ModelConfig(name="mlp", width=256, depth=3, time_embedding="raw")
+    cfg.objective.adaptive_p = 0.5
+    cfg.train = TrainConfig(
+        batch_size=1024, lr=3e-3, lr_schedule="cosine", warmup_steps=200, ema_decay=0.999,
+        steps_per_epoch=500, epochs=8, log_every=50, ckpt_every=500, threads=1,
+    )
+    cfg.eval = EvalConfig(every_epochs=2, nfe=[1, 2], nfe_v=[32], num_samples=4096)
+    return cfg
+
+
+def _digits() -> RunConfig:
+    cfg = RunConfig(name="digits", scale="digits")
+    cfg.data = DataConfig(name="digits", hflip=False)
+    cfg.model = ModelConfig(name="dit", size="tiny", patch_size=2)
+    cfg.objective.adaptive_p = 1.0
+    cfg.objective.cfg = CFGConfig(class_dropout=0.1, w=1.0, kappa=0.5)
+    cfg.train = TrainConfig(
+        batch_size=256, lr=1e-3, lr_schedule="cosine", warmup_steps=200, ema_decay=0.999,
+        steps_per_epoch=200, epochs=40, log_every=50, ckpt_every=1000,
+    )
+    cfg.eval = EvalConfig(every_epochs=10, nfe=[1, 2], nfe_v=[32], num_samples=2000, metrics=["fd_digits"])
+    return cfg
+
+
+def _paper(size: str, cfg_w: float, kappa: float, t_max: float) -> RunConfig:
+    """DESIGN section 4: batch 256, Adam (0.9, 0.95), lr 1e-4 constant, EMA 0.9999, 240 epochs."""
+    cfg = RunConfig(name=size, scale={"B/4": "b4", "M/2": "m2", "L/2": "l2", "XL/2": "xl2"}[size])
+    cfg.data = DataConfig(name="imagenet_latents", path="data/imagenet256_sdvae_latents", hflip=True)
+    cfg.model = ModelConfig(name="dit", size=size)
+    cfg.objective.adaptive_p = 1.0
+    cfg.objective.adaptive_c = 1e-3
+    cfg.objective.cfg = CFGConfig(class_dropout=0.1, w=cfg_w, kappa=kappa, t_min=0.0, t_max=t_max)
+    cfg.train = TrainConfig(
+        batch_size=256, lr=1e-4, lr_schedule="constant", warmup_steps=0, ema_decay=0.9999,
+        steps_per_epoch=1281167 // 256, epochs=240, log_every=100, ckpt_every=5000, precision="auto",
+    )
+    cfg.eval = EvalConfig(every_epochs=40, nfe=[1, 2], nfe_v=[], num_samples=50000, metrics=["fid"])
+    return cfg
+
+
+BASE_PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "smoke": _smoke,
+    "cpu": _cpu,
+    "digits": _digits,
+    "b4": lambda: _paper("B/4", cfg_w=1.0, kappa=0.5, t_max=1.0),
+    "m2": lambda: _paper("M/2", cfg_w=0.2, kappa=0.92, t_max=0.8),
+    "l2": lambda: _paper("L/2", cfg_w=0.2, kappa=0.92, t_max=0.8),
+    "xl2": lambda: _paper("XL/2", cfg_w=0.2, kappa=0.92, t_max=0.75),
+}
+
+
+def apply_method(cfg: RunConfig, method: str) -> RunConfig:
+    """The paper's methods as changes of the objective (issue: curriculum presets)."""
+    _choice("method", method, METHODS)
+    obj = cfg.objective
+    if "minsnr" in method:
+        obj.alpha = "minsnr"
+    if "dtd" in method:
+        obj.v_sampling = "dtd"
+    if method.endswith("lu"):
+        obj.beta = "progressive"
+    return cfg
+
+
+def preset(name: str) -> RunConfig:
+    """`<scale>` or `<scale>-<method>`, e.g. `cpu`, `cpu-dtd-lu`, `b4-minsnr-lu`."""
+    scale, _, method = name.partition("-")
+    if scale not in BASE_PRESETS or (method and method not in METHODS):
+        raise ConfigError(f"unknown preset {name!r}; presets are <scale>[-<method>] with scale in "
+                          f"{', '.join(SCALES)} and method in {', '.join(METHODS)}")
+    cfg = apply_method(BASE_PRESETS[scale](), method or "vanilla")
+    cfg.name = name
+    return cfg.validate()
+
+
+def preset_names() -> list[str]:
+    return [s for s in SCALES] + [f"{s}-{m}" for s in SCALES for m in METHODS]
+
+
+def clone(cfg: RunConfig) -> RunConfig:
+    return copy.deepcopy(cfg)

@@ -1,0 +1,158 @@
+"""The paper's curriculum as small plug-ins on the unchanged MeanFlow objective.
+
+    L = E[ 1(t = r) alpha(t) L_v(z_t, t) + 1(t != r) beta(dt, s) L_u(z_t, r, t) ],   dt = t - r
+
+- alpha(t): the v-term weight; MinSNR-gamma on the velocity error (`MinSNRWeight`).
+- p_acc(t): the v-term timestep sampling; DTD's easiest-first clusters (`DTDSchedule`).
+- beta(dt, s): the progressive u-term weight (`ProgressiveUWeight`).
+- phases: a run as a sequence of (epochs, loss terms, sampler) (`build_objective` per phase).
+- contamination: the O1 probe's corrupted v target (`contaminate`).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from .config import DTDConfig, PhaseConfig, RunConfig
+from .meanflow.loss import MeanFlowLoss
+from .meanflow.samplers import TimeSampler, build_sampler
+
+
+class MinSNRWeight:
+    """alpha(t) = min((1 - t)^2, gamma t^2) / E_t[min((1 - t)^2, gamma t^2)].
+
+    Min-SNR-gamma (Hang et al. 2023) weights the x0-space error by min(SNR, gamma), SNR = ((1 - t) / t)^2.
+    Since x_hat = z_t - t u_hat, ||x - x_hat|| = t ||v - u_hat||, so on the velocity error the weight is
+    min(SNR, gamma) t^2 = min((1 - t)^2, gamma t^2). Dividing by its mean over the sampler's v-row t
+    distribution (exact quadrature of the quantile function) keeps the v term's overall scale.
+    """
+
+    def __init__(self, sampler: TimeSampler, gamma: float = 5.0):
+        self.gamma = gamma
+        self.norm = sampler.v_expectation(self.unnormalised)
+
+    def unnormalised(self, t: Tensor) -> Tensor:
+        return torch.minimum((1 - t) ** 2, self.gamma * t**2)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return self.unnormalised(t) / self.norm
+
+
+class ProgressiveUWeight:
+    """beta(dt, s) = (1 - s) + s lambda (1 - dt), with s = 1 - (i / T)^k and lambda = 1 / E[1 - dt].
+
+    E[1 - dt] is over the sampler's u rows (exact: 2 * integral F (1 - F) for the sorted iid pair), so the
+    expected weight at the start (s = 1) is 1; at the end (s = 0) every interval weighs 1.
+    """
+
+    def __init__(self, sampler: TimeSampler, total_steps: int, k: float = 1.0):
+        self.k = k
+        self.total_steps = total_steps
+        self.lam = 1.0 / (1.0 - sampler.mean_dt())
+
+    def progress(self, step: int) -> float:
+        """s = 1 - (i / T)^k: 1 at the first step, 0 at the last."""
+        return 1.0 - (min(step, self.total_steps) / self.total_steps) ** self.k
+
+    def __call__(self, dt: Tensor, step: int) -> Tensor:
+        s = self.progress(step)
+        return (1 - s) + s * self.lam * (1 - dt)
+
+
+class DTDSchedule:
+    """DTD (Kim et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
+
+    Cluster j covers the quantiles [1 - (j + 1) / N, 1 - j / N] (j = 0 is t near 1, the noisiest and
+    easiest denoising task). At stage s the clusters 0..s are open and t is drawn from their union;
+    at stage N - 1 that union is the whole base distribution. The stage advances
+    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible), or
+    - `patience`: after `patience` windows of `window` steps in which the windowed mean v-loss did not
+      reach a new minimum for the current stage (the minimum resets when a cluster opens).
+    Choices the paper leaves open, stated: clusters accumulate (union, not one at a time); patience
+    compares the raw per-sample v error D, which is comparable within a stage.
+    """
+
+    def __init__(self, cfg: DTDConfig, total_steps: int):
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.stage = 0
+        self.best = math.inf
+        self.bad_windows = 0
+        self.window_sum = 0.0
+        self.window_n = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.stage >= self.cfg.clusters - 1
+
+    def q_range(self) -> tuple[float, float]:
+        return (0.0 if self.finished else 1.0 - (self.stage + 1) / self.cfg.clusters, 1.0)
+
+    def update(self, step: int, loss_v: float) -> None:
+        """Called after each optimiser step with the batch's mean v error (nan when it had no v rows)."""
+        n = self.cfg.clusters
+        if self.cfg.mode == "pace":
+            per_cluster = self.cfg.pace_until * self.total_steps / n
+            self.stage = min(n - 1, int(step / per_cluster))
+            return
+        if self.finished or not math.isfinite(loss_v):
+            return
+        self.window_sum += loss_v
+        self.window_n += 1
+        if self.window_n < self.cfg.window:
+            return
+        mean = self.window_sum / self.window_n
+        self.window_sum, self.window_n = 0.0, 0
+        if mean < self.best:
+            self.best, self.bad_windows = mean, 0
+            return
+        self.bad_windows += 1
+        if self.bad_windows >= self.cfg.patience:
+            self.stage += 1
+            self.best, self.bad_windows = math.inf, 0
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("stage", "best", "bad_windows", "window_sum", "window_n")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def contaminate(v: Tensor, gen: torch.Generator, k: float) -> Tensor:
+    """O1's corrupted v target: v + k |v| xi / |xi|, xi ~ N(0, I) per sample (noise of norm exactly k |v|)."""
+    xi = torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype)
+    v_norm = v.flatten(1).norm(dim=1)
+    xi_norm = xi.flatten(1).norm(dim=1)
+    scale = (k * v_norm / xi_norm).reshape(-1, *([1] * (v.dim() - 1)))
+    return v + scale * xi
+
+
+def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
+                    dtd: DTDSchedule | None = None) -> MeanFlowLoss:
+    """The MeanFlow loss of one phase, with the run's weightings plugged in."""
+    obj = cfg.objective
+    total = cfg.total_steps()
+    base_sampler = build_sampler(obj.sampler)
+    sampler = build_sampler(phase.sampler) if phase.sampler is not None else base_sampler
+    ratio = {"both": obj.sampler.ratio_r_eq_t if phase.sampler is None else phase.sampler.ratio_r_eq_t,
+             "v": 1.0, "u": 0.0}[phase.terms]
+    alpha = MinSNRWeight(base_sampler, obj.minsnr_gamma) if obj.alpha == "minsnr" else None
+    beta = ProgressiveUWeight(sampler, total, obj.beta_k) if obj.beta == "progressive" else None
+    return MeanFlowLoss(
+        sampler=sampler,
+        ratio_r_eq_t=ratio,
+        adaptive_p=obj.adaptive_p,
+        adaptive_c=obj.adaptive_c,
+        alpha=alpha,
+        beta=beta,
+        v_time_curriculum=dtd if obj.v_sampling == "dtd" else None,
+        v_target_transform=partial(contaminate, k=obj.contamination_k) if obj.contamination_k > 0 else None,
+        cfg=obj.cfg if num_classes > 0 else None,
+        num_classes=num_classes,
+        jvp_strategy=obj.jvp,
+    )

@@ -1,0 +1,115 @@
+"""The MeanFlow objective, split into its v term (t = r) and u term (t != r).
+
+    L = E[ 1(t = r) alpha(t) L_v + 1(t != r) beta(dt, s) L_u ],   L = D / sg((D + c)^p),
+    D = ||u_theta(z_t, r, t) - sg(u_tgt)||^2,   u_tgt = v - (t - r) du/dt
+
+alpha, beta, the v-row time curriculum and the v-target transform are hooks (identity when None);
+`dynamics.curriculum` fills them. The model is called as a function u_theta(z, r, t, y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..config import CFGConfig
+from .path import conditional_velocity, expand_like, interpolate, per_sample_sq_norm
+from .samplers import TimeSampler
+from .target import mean_flow_target
+
+
+class VTimeCurriculum(Protocol):
+    def q_range(self) -> tuple[float, float]: ...
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # the scalar to back-propagate
+    loss_v: Tensor  # mean D over the v rows (nan when the batch has none); 0-d, detached
+    loss_u: Tensor  # mean D over the u rows (nan when the batch has none); 0-d, detached
+    D: Tensor  # per-sample squared error, detached
+    weight: Tensor  # per-sample alpha / beta weight
+    t: Tensor
+    r: Tensor
+
+
+def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
+    """MeanFlow's adaptive weighting: D / sg((D + c)^p) (D is the squared error, not squared again)."""
+    return D / (D.detach() + c).pow(p)
+
+
+def guided_velocity(u_fn, z: Tensor, t: Tensor, v: Tensor, y: Tensor, num_classes: int, cfg: CFGConfig) -> Tensor:
+    """v_g = w v + kappa u(z, t, t | c) + (1 - w - kappa) u(z, t, t | null) for labelled rows with t in
+    [t_min, t_max] (no grad); dropped rows (y = null) and rows outside the interval keep v."""
+    if cfg.w == 1.0 and cfg.kappa == 0.0:
+        return v
+    guide = (y != num_classes) & (t >= cfg.t_min) & (t <= cfg.t_max)
+    if not bool(guide.any()):
+        return v
+    with torch.no_grad():
+        zg, tg, yg = z[guide], t[guide], y[guide]
+        u_cond = u_fn(zg, tg, tg, yg)
+        u_null = u_fn(zg, tg, tg, torch.full_like(yg, num_classes))
+        v_g = v.clone()
+        v_g[guide] = cfg.w * v[guide] + cfg.kappa * u_cond + (1 - cfg.w - cfg.kappa) * u_null
+    return v_g
+
+
+class MeanFlowLoss:
+    def __init__(self, sampler: TimeSampler, ratio_r_eq_t: float = 0.75, adaptive_p: float = 1.0,
+                 adaptive_c: float = 1e-3, alpha: Callable[[Tensor], Tensor] | None = None,
+                 beta: Callable[[Tensor, int], Tensor] | None = None,
+                 v_time_curriculum: VTimeCurriculum | None = None,
+                 v_target_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                 cfg: CFGConfig | None = None, num_classes: int = 0, jvp_strategy: str = "rows"):
+        self.sampler = sampler
+        self.ratio_r_eq_t = ratio_r_eq_t
+        self.p, self.c = adaptive_p, adaptive_c
+        self.alpha, self.beta = alpha, beta
+        self.v_time_curriculum = v_time_curriculum
+        self.v_target_transform = v_target_transform
+        self.cfg, self.num_classes = cfg, num_classes
+        self.jvp_strategy = jvp_strategy
+
+    def draw(self, x: Tensor, y: Tensor | None, gen: torch.Generator):
+        """The randomness of one step: (t, r) laid out v rows first, noise e, class dropout."""
+        n = len(x)
+        n_v = round(n * self.ratio_r_eq_t)
+        q_range = self.v_time_curriculum.q_range() if self.v_time_curriculum is not None else (0.0, 1.0)
+        t, r = self.sampler.sample(n, n_v, gen, x.device, q_range)
+        e = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        if self.cfg is not None and y is not None:
+            drop = torch.rand(n, generator=gen, device=x.device) < self.cfg.class_dropout
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return t.to(x.dtype), r.to(x.dtype), e, y, n_v
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None, gen: torch.Generator,
+                 step: int = 0) -> LossOutput:
+        t, r, e, y, n_v = self.draw(x, y, gen)
+        return self.loss(model, x, e, t, r, y, n_v=n_v, step=step, gen=gen)
+
+    def loss(self, model: nn.Module, x: Tensor, e: Tensor, t: Tensor, r: Tensor, y: Tensor | None,
+             n_v: int | None = None, step: int = 0, gen: torch.Generator | None = None) -> LossOutput:
+        """The loss for given randomness (used directly by tests and DDP checks)."""
+        z = interpolate(x, e, t)
+        v = conditional_velocity(x, e)
+        if self.cfg is not None and y is not None:
+            v = guided_velocity(model, z, t, v, y, self.num_classes, self.cfg)
+        is_v = (r == t) if n_v is None else torch.arange(len(x), device=x.device) < n_v
+        u, u_tgt = mean_flow_target(model, z, r, t, v, y, n_v=n_v, strategy=self.jvp_strategy)
+        if self.v_target_transform is not None and bool(is_v.any()):
+            u_tgt = torch.where(expand_like(is_v, v), self.v_target_transform(u_tgt, gen), u_tgt)
+        D = per_sample_sq_norm(u.float() - u_tgt.float())
+        weight = torch.ones_like(D)
+        if self.alpha is not None:
+            weight = torch.where(is_v, self.alpha(t.float()), weight)
+        if self.beta is not None:
+            weight = torch.where(is_v, weight, self.beta((t - r).float(), step))
+        loss = (weight * adaptive_loss(D, self.p, self.c)).mean()
+        D = D.detach()
+        loss_v = (D * is_v).sum() / is_v.sum()  # 0 / 0 = nan when there are no v rows
+        loss_u = (D * ~is_v).sum() / (~is_v).sum()
+        return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r)
