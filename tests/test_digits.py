@@ -75,5 +75,6 @@ def test_real_images():
     assert test.shape == (TEST_SIZE, 1, 8, 8)
     assert torch.equal(real_images(10), test[:10])
     assert real_images(5, split="train").shape == (5, 1, 8, 8)
+    assert torch.equal(Digits().real_images(split="train"), Digits("train").x)
     with pytest.raises(ValueError):
         real_images(TEST_SIZE + 1)

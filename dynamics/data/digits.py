@@ -95,6 +95,10 @@ class Digits:
         index_t = torch.from_numpy(index)
         return self.x[index_t], self.y[index_t]
 
+    def real_images(self, n: int | None = None, split: str = "test") -> torch.Tensor:
+        """Real images of any split (not only this one's) for metric references; see `real_images`."""
+        return real_images(n, split)
+
     def epoch(self, step: int, batch_size: int) -> float:
         """Fractional epoch reached after `step` global batches (for logging)."""
         return step * batch_size / len(self)
