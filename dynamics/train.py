@@ -29,8 +29,16 @@ from .data.toy2d import step_generator
 from .metrics.evaluate import Evaluator
 from .models import build_model
 from .results import (
-    CONFIG_FILE, EVAL_FILE, METRICS_FILE, append_jsonl, atomic_torch_save, atomic_write_json, checkpoint_path,
-    read_status, truncate_jsonl, write_status,
+    CONFIG_FILE,
+    EVAL_FILE,
+    METRICS_FILE,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    checkpoint_path,
+    read_status,
+    truncate_jsonl,
+    write_status,
 )
 
 
@@ -200,7 +208,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.objective(self.phase_index(step))(self.model, x, y, gen, step)
         if not torch.isfinite(out.loss):
-            return {"diverged": True, "loss": float(out.loss)}
+            return {"diverged": True, "loss": float(out.loss.detach())}
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.dist.world_size > 1:

@@ -9,7 +9,12 @@ import torch
 
 from dynamics.config import CFGConfig, SamplerConfig
 from dynamics.meanflow import (
-    MeanFlowLoss, adaptive_loss, build_sampler, guided_velocity, mean_flow_target, total_derivative,
+    MeanFlowLoss,
+    adaptive_loss,
+    build_sampler,
+    guided_velocity,
+    mean_flow_target,
+    total_derivative,
 )
 from dynamics.meanflow.sampling import sample, sample_euler_v, uniform_schedule
 from dynamics.models.dit import build_dit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..config import DataConfig, TOY_DATASETS
+from ..config import TOY_DATASETS, DataConfig
 from .toy2d import ToyDataset, gaussian_mean_flow
 
 

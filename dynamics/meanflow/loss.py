@@ -9,8 +9,9 @@ alpha, beta, the v-row time curriculum and the v-target transform are hooks (ide
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn

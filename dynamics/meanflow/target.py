@@ -16,7 +16,7 @@ Strategies (a small, swappable part; results agree to float precision):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -1,0 +1,220 @@
+"""The curriculum plug-ins against their formulas: MinSNR, progressive beta, DTD, phases, contamination."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynamics.config import DTDConfig, PhaseConfig, SamplerConfig, apply_overrides, preset
+from dynamics.curriculum import DTDSchedule, MinSNRWeight, ProgressiveUWeight, build_objective, contaminate
+from dynamics.meanflow import MeanFlowLoss, adaptive_loss, build_sampler
+from dynamics.meanflow import target as target_module
+from dynamics.models.mlp import MLP
+from dynamics.results import read_jsonl
+from dynamics.train import Trainer
+
+CPU = torch.device("cpu")
+
+
+def _smoke(*overrides: str):
+    return apply_overrides(preset("smoke"), ["train.threads=1", *overrides])
+
+
+# -- MinSNR --------------------------------------------------------------------------------------------
+
+def test_minsnr_matches_formula_and_has_unit_mean():
+    sampler = build_sampler(SamplerConfig())
+    alpha = MinSNRWeight(sampler, gamma=5.0)
+    t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    raw = torch.minimum((1 - t) ** 2, 5.0 * t**2)
+    ratio = alpha(t) / raw
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio))  # one normalising constant
+    # min(SNR, gamma) t^2 with SNR = ((1 - t) / t)^2, the x0-space weight carried to the velocity error
+    snr = ((1 - t) / t) ** 2
+    assert torch.allclose(raw, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) * t**2)
+    draws = sampler.sample_v(400_000, torch.Generator().manual_seed(0), CPU).double()
+    w = alpha(draws)
+    assert abs(w.mean().item() - 1.0) < 4 * w.std().item() / len(w) ** 0.5
+
+
+# -- progressive u weighting ---------------------------------------------------------------------------
+
+def test_beta_endpoints_and_unit_initial_mean():
+    sampler = build_sampler(SamplerConfig())
+    beta = ProgressiveUWeight(sampler, total_steps=1000, k=1.0)
+    dt = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert beta.progress(0) == 1.0 and beta.progress(1000) == 0.0
+    assert torch.allclose(beta(dt, 1000), torch.ones_like(dt))  # s = 0: every interval weighs 1
+    assert torch.allclose(beta(dt, 0), beta.lam * (1 - dt))  # s = 1: lambda (1 - dt)
+    t, r = sampler.sample_u(400_000, torch.Generator().manual_seed(0), CPU)
+    w = beta((t - r).double(), 0)
+    assert w.mean().item() == pytest.approx(1.0, abs=4 * w.std().item() / len(w) ** 0.5)
+    assert beta.lam == pytest.approx(1 / (1 - (t - r).double().mean().item()), rel=5e-3)
+
+
+def test_beta_k_moves_the_schedule_as_the_paper_says():
+    sampler = build_sampler(SamplerConfig())
+    slow, linear, fast = (ProgressiveUWeight(sampler, 100, k) for k in (2.0, 1.0, 0.5))
+    for step in (10, 50, 90):
+        # s = 1 - (i/T)^k: k > 1 keeps s high longer (slower opening to large dt), k < 1 faster
+        assert slow.progress(step) > linear.progress(step) > fast.progress(step)
+    assert linear.progress(50) == pytest.approx(0.5)
+
+
+# -- DTD -----------------------------------------------------------------------------------------------
+
+def test_dtd_pace_opens_clusters_and_draws_follow():
+    sampler = build_sampler(SamplerConfig())
+    dtd = DTDSchedule(DTDConfig(clusters=4, mode="pace", pace_until=0.5), total_steps=800)
+    g = torch.Generator().manual_seed(0)
+    edges = sampler.v_quantile(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    seen = []
+    for step in (0, 100, 200, 300, 400, 799):
+        dtd.update(step, 1.0)
+        t = sampler.sample_v(20_000, g, CPU, dtd.q_range()).double()
+        shares = torch.histc(torch.bucketize(t, edges[1:-1]).double(), bins=4, min=0, max=3) / len(t)
+        seen.append((dtd.stage, shares))
+    stages = [s for s, _ in seen]
+    assert stages == [0, 1, 2, 3, 3, 3]
+    for stage, shares in seen:
+        open_ = min(stage, 3) + 1  # clusters 3, 2, ... (t near 1 first) are open, each equally likely
+        expected = torch.zeros(4, dtype=torch.float64)
+        expected[4 - open_:] = 1 / open_
+        assert torch.allclose(shares, expected, atol=0.015), (stage, shares)
+
+
+def test_dtd_patience_advances_on_plateau_only():
+    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=2, window=5), total_steps=10_000)
+    step = 0
+    for value in [5.0] * 5 + [4.0] * 5:  # two improving windows
+        step += 1
+        dtd.update(step, value)
+    assert dtd.stage == 0
+    for _ in range(10):  # two windows without improvement -> the next cluster opens
+        step += 1
+        dtd.update(step, 4.5)
+    assert dtd.stage == 1 and dtd.bad_windows == 0
+
+
+def test_dtd_stage_survives_resume(tmp_path):
+    cfg = _smoke("objective.v_sampling=dtd", "objective.dtd.clusters=5", "objective.dtd.pace_until=0.5",
+                 "train.epochs=4", "train.ckpt_every=10")
+    first = Trainer(cfg, tmp_path / "run")
+    first.run(stop_after=10)
+    stage_at_kill = first.dtd.stage
+    assert stage_at_kill == 2  # 10 of 40 steps, clusters open every 4 steps
+    resumed = Trainer(cfg, tmp_path / "run")
+    resumed.restore()
+    assert resumed.dtd.stage == stage_at_kill and resumed.step == 10
+    resumed.run()
+    assert resumed.dtd.stage == 4
+
+
+# -- phases --------------------------------------------------------------------------------------------
+
+def _count_jvps(monkeypatch) -> list:
+    calls = []
+    real = target_module.total_derivative
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target_module, "total_derivative", counting)
+    return calls
+
+
+def test_v_only_phase_never_evaluates_the_u_term(monkeypatch):
+    calls = _count_jvps(monkeypatch)
+    cfg = _smoke()
+    loss_fn = build_objective(cfg, PhaseConfig(epochs=1, terms="v"))
+    out = loss_fn(MLP(width=16, depth=2), torch.randn(64, 2), None, torch.Generator().manual_seed(0))
+    assert calls == [] and bool((out.t == out.r).all()) and torch.isnan(out.loss_u)
+
+
+def test_u_only_phase_in_a_bin_draws_only_inside_it(monkeypatch):
+    calls = _count_jvps(monkeypatch)
+    cfg = _smoke()
+    phase = PhaseConfig(epochs=1, terms="u", sampler=SamplerConfig(kind="dt_bin", dt_min=0.7, dt_max=0.9))
+    loss_fn = build_objective(cfg, phase)
+    model = MLP(width=16, depth=2)
+    for seed in range(5):
+        out = loss_fn(model, torch.randn(64, 2), None, torch.Generator().manual_seed(seed))
+        dt = out.t - out.r
+        assert dt.min() >= 0.7 - 1e-6 and dt.max() <= 0.9 + 1e-6 and torch.isnan(out.loss_v)
+    assert calls == [64] * 5  # the tangent for every row, no v rows
+
+
+def test_two_phase_run_continues_from_the_first_phase(tmp_path):
+    phases = ('phases=[{"epochs": 1, "terms": "v", "sampler": null}, '
+              '{"epochs": 2, "terms": "u", "sampler": {"kind": "dt_bin", "dt_min": 0.1, "dt_max": 0.3, '
+              '"mu": -0.4, "sigma": 1.0, "ratio_r_eq_t": 0.0}}]')
+    cfg = _smoke(phases, "train.lr_schedule=constant")
+    trainer = Trainer(cfg, tmp_path / "two")
+    trainer.run()
+    rows = read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [r["phase"] for r in rows] == [0, 0, 1, 1, 1, 1]  # 10 v-only steps, then 20 u-only
+    assert all(r["loss_u"] != r["loss_u"] for r in rows if r["phase"] == 0)  # nan: no u rows
+    assert all(r["loss_v"] != r["loss_v"] for r in rows if r["phase"] == 1)
+    # the same two phases as a v-only parent run + a child that starts from its checkpoint: identical
+    parent_cfg = _smoke('phases=[{"epochs": 1, "terms": "v", "sampler": null}]', "train.lr_schedule=constant")
+    Trainer(parent_cfg, tmp_path / "parent").run()
+    child_cfg = _smoke(phases, "train.lr_schedule=constant", f"init.run_dir={tmp_path / 'parent'}")
+    child = Trainer(child_cfg, tmp_path / "child")
+    child.run()
+    assert all(torch.equal(a, b) for a, b in zip(child.model.parameters(), trainer.model.parameters()))
+
+
+# -- contamination -------------------------------------------------------------------------------------
+
+def test_contamination_noise_norm_is_k_times_v():
+    v = torch.randn(32, 1, 4, 4, dtype=torch.float64)
+    noisy = contaminate(v, torch.Generator().manual_seed(0), k=0.03)
+    noise_norm = (noisy - v).flatten(1).norm(dim=1)
+    assert torch.allclose(noise_norm, 0.03 * v.flatten(1).norm(dim=1), rtol=1e-10)
+
+
+def test_contamination_only_touches_v_rows_and_k0_is_vanilla():
+    model = MLP(width=16, depth=2)
+    x = torch.randn(64, 2)
+    vanilla = build_objective(_smoke(), PhaseConfig(epochs=1))
+    zero = build_objective(_smoke("objective.contamination_k=0"), PhaseConfig(epochs=1))
+    a = vanilla(model, x, None, torch.Generator().manual_seed(0))
+    b = zero(model, x, None, torch.Generator().manual_seed(0))
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.D, b.D)
+    dirty = build_objective(_smoke("objective.contamination_k=0.3"), PhaseConfig(epochs=1))
+    c = dirty(model, x, None, torch.Generator().manual_seed(0))
+    is_v = a.t == a.r
+    assert torch.equal(a.D[~is_v], c.D[~is_v]) and not torch.equal(a.D[is_v], c.D[is_v])
+
+
+# -- everything off is vanilla ------------------------------------------------------------------------
+
+def test_all_components_off_is_the_vanilla_meanflow_loss():
+    cfg = _smoke()
+    model = MLP(width=16, depth=2)
+    x = torch.randn(64, 2)
+    ours = build_objective(cfg, PhaseConfig(epochs=1))(model, x, None, torch.Generator().manual_seed(0))
+    # vanilla by hand: same draws, u_tgt = v - (t - r) dudt, adaptive weight, plain mean
+    plain = MeanFlowLoss(build_sampler(cfg.objective.sampler), 0.75, cfg.objective.adaptive_p,
+                         cfg.objective.adaptive_c)
+    t, r, e, _, _ = plain.draw(x, None, torch.Generator().manual_seed(0))
+    z = (1 - t[:, None]) * x + t[:, None] * e
+    v = e - x
+    u, dudt = torch.func.jvp(lambda z_, r_, t_: model(z_, r_, t_), (z, r, t),
+                             (v, torch.zeros_like(r), torch.ones_like(t)))
+    D = (u - (v - (t - r)[:, None] * dudt).detach()).pow(2).sum(1)
+    expected = adaptive_loss(D, cfg.objective.adaptive_p, cfg.objective.adaptive_c).mean()
+    assert torch.allclose(ours.loss, expected, rtol=1e-6, atol=1e-7)
+    weighted = build_objective(_smoke("objective.alpha=minsnr", "objective.beta=progressive"),
+                               PhaseConfig(epochs=1))(model, x, None, torch.Generator().manual_seed(0))
+    assert not torch.allclose(weighted.loss, ours.loss)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "minsnr", "dtd", "lu", "minsnr-lu", "dtd-lu"])
+def test_method_presets_resolve(method):
+    for scale in ("smoke", "cpu", "digits", "b4", "l2", "xl2"):
+        cfg = preset(f"{scale}-{method}")
+        assert (cfg.objective.alpha == "minsnr") == ("minsnr" in method)
+        assert (cfg.objective.v_sampling == "dtd") == ("dtd" in method)
+        assert (cfg.objective.beta == "progressive") == method.endswith("lu")
