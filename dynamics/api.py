@@ -24,6 +24,7 @@ class Run:
     model: nn.Module  # EMA weights, eval mode
     data_shape: tuple[int, ...]
     num_classes: int
+    step: int  # the training step of the loaded checkpoint
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -49,5 +50,6 @@ def load_run(run_dir: str | Path, epoch: float | None = None, device: str = "cpu
         dataset = build_dataset(cfg.data)
         shape, num_classes = tuple(dataset.shape), dataset.num_classes
     model = build_model(cfg.model, shape, num_classes)
-    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["ema"])
-    return Run(path, cfg, read_status(path), model.to(device).eval(), shape, num_classes)
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    model.load_state_dict(state["ema"])
+    return Run(path, cfg, read_status(path), model.to(device).eval(), shape, num_classes, int(state["step"]))
