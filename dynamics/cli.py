@@ -56,6 +56,80 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _studies(names: str, register: list[str]) -> list:
+    """Studies named on the command line: one name, a comma-separated list, or "all"."""
+    from experiments.registry import all_studies, get_study, register_from_module
+
+    for module in register or []:
+        register_from_module(module)
+    if names == "all":
+        return all_studies()
+    return [get_study(n.strip()) for n in names.split(",") if n.strip()]
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from dynamics.config import SCALES
+    from experiments.registry import RegistryError
+
+    try:
+        studies = _studies("all", args.register)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    width = max(len(s.name) for s in studies)
+    print(f"{'study':<{width}}  " + "  ".join(f"{sc:>6}" for sc in SCALES) + "  question")
+    for study in studies:
+        counts = ["-" if sc in study.unsupported else str(study.count(sc)) for sc in SCALES]
+        print(f"{study.name:<{width}}  " + "  ".join(f"{c:>6}" for c in counts) + f"  {study.question}")
+    print("runs per scale at each scale's default seeds ('-': the study has no runs there)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from experiments.registry import RegistryError
+
+    from .launch import launch
+
+    try:
+        studies = _studies(args.study, args.register)
+        final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
+                       jobs=args.jobs, profile=args.profile, rerun_failed=args.rerun_failed,
+                       dry_run=args.dry_run, progress=not args.quiet)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    bad = [uid for uid, state in final.items() if state != "done" and not state.startswith("submitted")]
+    return 1 if bad else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from experiments.registry import RegistryError
+
+    from .launch import plan, status_table
+
+    try:
+        studies = _studies(args.study, args.register)
+        for study in studies:
+            runs = plan([study], args.scale, args.results, args.seeds)
+            print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
+            if scale_note := study.unsupported.get(args.scale):
+                print(f"  no runs at this scale: {scale_note}")
+                continue
+            status_table(runs)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _add_study_arguments(p: argparse.ArgumentParser) -> None:
+    from dynamics.config import SCALES
+
+    p.add_argument("study", help="a study name (see `dynamics studies`), a comma-separated list, or all")
+    p.add_argument("--scale", required=True, choices=SCALES)
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the scale's)")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module that registers more studies (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynamics", description="MeanFlow training-dynamics toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("studies", help="list the registered studies with their run counts per scale")
+    p.add_argument("--register", action="append", metavar="MODULE", help="import a module of more studies")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("run", help="run a study grid (skips finished runs, resumes interrupted ones)")
+    _add_study_arguments(p)
+    p.add_argument("--executor", default="local", choices=("debug", "local", "slurm"))
+    p.add_argument("--profile", help="SLURM cluster profile, e.g. slurm/example.toml")
+    p.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per core)")
+    p.add_argument("--rerun-failed", action="store_true", help="run failed (resume) and diverged (restart) runs")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, dependencies and estimated cost")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="state and progress of every run of a study")
+    _add_study_arguments(p)
+    p.set_defaults(func=cmd_status)
     return parser
 
 

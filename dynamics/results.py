@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -113,3 +114,146 @@ def checkpoint_path(run_dir: Path, epoch: float | None = None) -> Path:
     """`checkpoints/last.pt`, or the kept checkpoint of an epoch (`checkpoints/epoch_5.pt`)."""
     name = LAST_CKPT if epoch is None or epoch < 0 else f"epoch_{epoch:g}.pt"
     return Path(run_dir) / CKPT_DIR / name
+
+
+# ----------------------------------------------------------------------------------------------------
+# the results store: <root>/<scale>/<study>/<hash>/, written by dynamics.launch
+
+RUN_FILE = "run.json"  # the launcher's record: study, key, scale, hash, tags, depends_on
+JOB_FILE = "job.json"  # the launcher's record of the job: executor, job_id, host, submitted
+RUN_STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
+_HOST = socket.gethostname()
+_RESERVED = ("scale", "study", "key", "hash", "run_dir", "state", "step", "total_steps", "progress",
+             "updated", "error")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file as a dict; {} when it is missing or unreadable (a store is read while jobs write it)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def last_jsonl_row(path: Path) -> dict | None:
+    """The last complete row of a JSON-lines file, reading only its tail (progress of a running job)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_state(run_dir: Path, status: dict | None = None) -> str:
+    """The state of a run as the store sees it: status.json's state, except that a run marked running whose
+    process is gone (on this host) is "interrupted", as is one that has a checkpoint but no status."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir) if status is None else status
+    state = status.get("state", "pending")
+    if state == "pending" and checkpoint_path(run_dir).exists():
+        return "interrupted"
+    if state != "running":
+        return state if state in RUN_STATES else "pending"
+    job = read_json(run_dir / JOB_FILE)
+    if job.get("executor") == "slurm" or job.get("host", _HOST) != _HOST:
+        return "running"  # another machine's process: trust the status (dynamics.launch asks squeue)
+    pid = status.get("pid")
+    return "running" if pid is not None and pid_alive(pid) else "interrupted"
+
+
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    """{"objective": {"beta": "none"}} -> {"objective.beta": "none"}; lists of numbers become tuples, other
+    lists (phases) a JSON string, so every column can be grouped on."""
+    out: dict = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_config(value, name + "."))
+        elif isinstance(value, list):
+            if all(not isinstance(v, (dict, list)) for v in value):
+                out[name] = tuple(value)
+            else:
+                out[name] = json.dumps(value, sort_keys=True)
+        else:
+            out[name] = value
+    return out
+
+
+def _scan_runs(root: Path, study: str | None, scale: str | None):
+    """(scale, study, run_dir) of every run directory under root; names starting with '.' are skipped."""
+    def dirs(path: Path, only: str | None) -> list[os.DirEntry]:
+        try:
+            with os.scandir(path) as it:
+                return sorted((e for e in it if e.is_dir() and not e.name.startswith(".")
+                               and (only is None or e.name == only)), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+
+    for sc in dirs(root, scale):
+        for st in dirs(Path(sc.path), study):
+            for run in dirs(Path(st.path), None):
+                yield sc.name, st.name, Path(run.path)
+
+
+def load_results(root: str | Path = "results", study: str | None = None, scale: str | None = None,
+                 kind: str = "runs"):
+    """The results store as a pandas DataFrame.
+
+    kind="runs": one row per run: scale, study, key, hash, run_dir, state (see `run_state`), step,
+    total_steps, progress, updated, error, the run's tags (a tag that clashes with one of these names is
+    stored as `tag.<name>`), and its config flattened to columns (`objective.beta`, `train.seed`, ...).
+    kind="evals": one row per eval.jsonl record (step, epoch, metric, sampler, nfe, value, floor, ceiling)
+    joined with its run's columns (the run's own step is then `run_step`).
+    """
+    import pandas as pd
+
+    if kind not in ("runs", "evals"):
+        raise ValueError(f"kind={kind!r} is not allowed; choose runs or evals")
+    runs: list[dict] = []
+    evals: list[dict] = []
+    for sc, st, run_dir in _scan_runs(Path(root), study, scale):
+        config = read_json(run_dir / CONFIG_FILE)
+        meta = read_json(run_dir / RUN_FILE)
+        if not config and not meta:
+            continue
+        status = read_status(run_dir)
+        total = status.get("total_steps")
+        row = {
+            "scale": sc, "study": st, "key": meta.get("key", run_dir.name), "hash": meta.get("hash", run_dir.name),
+            "run_dir": str(run_dir), "state": run_state(run_dir, status), "step": status.get("step", 0),
+            "total_steps": total, "progress": (status.get("step", 0) / total) if total else 0.0,
+            "updated": status.get("updated"), "error": status.get("error"),
+        }
+        for tag, value in meta.get("tags", {}).items():
+            row[f"tag.{tag}" if tag in _RESERVED else tag] = value
+        row.update(flatten_config(config))
+        runs.append(row)
+        if kind == "evals":
+            for record in read_jsonl(run_dir / EVAL_FILE):
+                evals.append({"hash": row["hash"], **record})
+    frame = pd.DataFrame(runs)
+    if kind == "runs":
+        return frame
+    eval_frame = pd.DataFrame(evals)
+    if eval_frame.empty:
+        return eval_frame
+    return eval_frame.merge(frame.rename(columns={"step": "run_step"}), on="hash", how="left")

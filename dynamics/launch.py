@@ -1,0 +1,650 @@
+"""Running study grids: plan them against the results store, then execute them through submitit.
+
+Plan. Every run of a study at a scale gets a directory `<results>/<scale>/<study>/<hash>` (the hash of its
+resolved config, see experiments/registry.py) and an action from what the store holds there:
+  run      nothing there yet                      resume   interrupted (killed, timed out): from last.pt
+  skip     done                                   keep     failed or diverged (kept unless --rerun-failed)
+  rerun    failed, with --rerun-failed: resumes from its last checkpoint (a crash may have been transient)
+  restart  diverged, with --rerun-failed: the old directory moves to `.archive/` and the run starts over
+  busy     running now in another process or SLURM job          blocked  a parent it needs will not finish
+
+Execute.
+  debug  submitit's DebugExecutor: in this process, one run after another, parents first.
+  local  submitit's LocalExecutor: one subprocess per run, `--jobs` at once (default: one per CPU core, each
+         with 1 torch thread; on a GPU machine at cluster scales, one per GPU). A run starts as soon as the
+         parent checkpoint it needs exists (a child of `v-pretrain` at epoch 5 need not wait for epoch 20).
+  slurm  submitit's SlurmExecutor: one job array per (dependency wave, study); an array waits for the
+         parents' jobs with `--dependency=afterok:...`; sbatch parameters come from a cluster profile
+         (slurm/example.toml documents it).
+Every job is `RunJob`, a submitit Checkpointable: on timeout or preemption submitit calls `checkpoint()`,
+which requeues the same run, and the trainer resumes it from checkpoints/last.pt. A job with several tasks
+sets up torch.distributed from submitit's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+import tomllib
+
+from .config import ConfigError, RunConfig, phase_boundaries
+from .results import (
+    JOB_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    atomic_write_json,
+    checkpoint_path,
+    last_jsonl_row,
+    read_json,
+    read_status,
+    run_state,
+)
+
+EXECUTORS = ("debug", "local", "slurm")
+CLUSTER_SCALES = ("b4", "m2", "l2", "xl2")
+TO_EXECUTE = ("run", "resume", "rerun", "restart")
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default (2 min) would requeue every run
+
+
+# ----------------------------------------------------------------------------------------------------
+# cost estimates
+
+
+@dataclass(frozen=True)
+class StepRate:
+    steps_per_s: float  # joint-MeanFlow optimiser steps per second of one run
+    device: str
+    eval_s: float  # seconds per evaluation in eval.jsonl (0 where FID is computed separately)
+    source: str
+
+
+# Small scales: measured with `python benchmarks/registry_scale.py --step-rates` (one torch thread per run) on
+# this project's 2-core AMD EPYC machine, which other work was sharing: cpu gave 68 joint steps/s alone and
+# 28-46 with two runs at once under that load; the table keeps a round 60 (the figure for an idle core).
+# Cluster scales: GPU time of one run on ONE H100 (bf16, batch 256); the B/4 figure is an estimate from peers'
+# MeanFlow reports (3-4 it/s), the others scale it by DiT forward GFLOPs (B/4 5.56, L/2 80.7, XL/2 118.6 from
+# the DiT paper; M/2 ~53.8 = 16/24 of L/2). GFLOP scaling is likely pessimistic for the larger models, which
+# use the GPU better than B/4's 64 tokens do. Evaluation (FID-50K) is not included at cluster scales.
+STEP_RATES: dict[str, StepRate] = {
+    "smoke": StepRate(350.0, "1 CPU thread", 0.12, "measured 390 alone, batch 128 MLP 64x2"),
+    "cpu": StepRate(60.0, "1 CPU thread", 1.0, "measured 68 alone, batch 1024 MLP 256x3; 2048 eval samples"),
+    "digits": StepRate(8.0, "1 CPU thread", 8.0, "measured 9.4 alone, batch 256 tiny DiT"),
+    "b4": StepRate(3.5, "1 H100", 0.0, "estimate: peers' reports, DiT-B/4 MeanFlow 3-4 it/s at batch 256 bf16"),
+    "m2": StepRate(3.5 * 5.56 / 53.8, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/53.8"),
+    "l2": StepRate(3.5 * 5.56 / 80.7, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/80.7"),
+    "xl2": StepRate(3.5 * 5.56 / 118.6, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/118.6"),
+}
+# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s): u-only puts
+# every row through the JVP, v-only none.
+PHASE_COST = {"both": 1.0, "v": 0.85, "u": 1.5}
+# Per small-scale run: python and torch import (1.2 s), the trainer's set-up (1 s, mostly torch.optim.Adam
+# importing torch._dynamo), submitit's controller process; measured 2.6 s alone, 4 s under load.
+RUN_OVERHEAD_S = 3.0
+
+
+def estimate_seconds(cfg: RunConfig, start_step: int) -> float:
+    """Device seconds to train `cfg` from `start_step` to its end, with its evaluations."""
+    rate = STEP_RATES[cfg.scale]
+    bounds = phase_boundaries(cfg)
+    seconds = 0.0
+    for i, phase in enumerate(cfg.resolved_phases()):
+        steps = bounds[i + 1] - max(bounds[i], start_step)
+        if steps > 0:
+            seconds += steps * PHASE_COST[phase.terms] / rate.steps_per_s
+    if cfg.scale in CLUSTER_SCALES:
+        return seconds
+    every = round(cfg.eval.every_epochs * cfg.train.steps_per_epoch)
+    total = bounds[-1]
+    evals = 1
+    if every > 0:
+        evals += (total - 1) // every - start_step // every + (1 if start_step == 0 else 0)
+    return seconds + evals * rate.eval_s + RUN_OVERHEAD_S
+
+
+# ----------------------------------------------------------------------------------------------------
+# the job
+
+
+def absolute_init(config: dict, root: str | Path) -> RunConfig:
+    """The config a job trains: a relative `init.run_dir` (the registry's `<scale>/<study>/<hash>`) is made
+    absolute under the results root."""
+    cfg = RunConfig.from_dict(config)
+    if cfg.init.run_dir and not os.path.isabs(cfg.init.run_dir):
+        cfg.init.run_dir = str(Path(root) / cfg.init.run_dir)
+    return cfg
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One run as a submitit job. Checkpointable: on timeout or preemption submitit calls `checkpoint()`, which
+    requeues the same run; the trainer then resumes it from checkpoints/last.pt."""
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads  # torch CPU threads (local runs: 1 each); 0 leaves torch's default
+
+    def __call__(self, config: dict, run_dir: str, root: str) -> dict:
+        import torch
+
+        from .train import train
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        cfg = absolute_init(config, root)
+        world, device = _setup_distributed()
+        try:
+            return train(cfg, run_dir, device=device)
+        finally:
+            if world > 1:
+                torch.distributed.destroy_process_group()
+
+    def checkpoint(self, config: dict, run_dir: str, root: str) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same run; it resumes from its last checkpoint."""
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads), config, run_dir, root)
+
+
+def _setup_distributed() -> tuple[int, str | None]:
+    """(world size, device). Several tasks in one job: torch.distributed from submitit's environment, with
+    CUDA_VISIBLE_DEVICES narrowed to the task's own GPU. The trainer all-reduces gradients itself."""
+    import torch
+
+    try:
+        world = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # an in-process (debug) job has no submitit task environment
+        return 1, None
+    if world <= 1:
+        return 1, None
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+    cuda = torch.cuda.is_available()
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    return world, "cuda:0" if cuda else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------
+# planning
+
+
+@dataclass
+class PlannedRun:
+    study: str
+    spec: Any  # experiments.registry.RunSpec
+    run_dir: Path
+    state: str
+    action: str
+    start_step: int
+    total_steps: int
+    job_id: str = ""  # the SLURM job already running or queued for it (action busy)
+    note: str = ""
+
+    @property
+    def uid(self) -> str:
+        return f"{self.study}:{self.spec.key}"
+
+    @property
+    def parents(self) -> list[str]:
+        return [f"{self.study}:{k}" for k in self.spec.depends_on]
+
+    @property
+    def config(self) -> RunConfig:
+        return self.spec.config
+
+
+def _init_step(cfg: RunConfig) -> int:
+    if cfg.init.run_dir and cfg.init.epoch >= 0:
+        return round(cfg.init.epoch * cfg.train.steps_per_epoch)
+    return 0
+
+
+def parent_ready(child: PlannedRun, parent: PlannedRun) -> bool:
+    """Whether what `child` needs from `parent` exists: the kept checkpoint it starts from, else a done run."""
+    init = child.config.init
+    if init.run_dir and Path(init.run_dir).name == parent.spec.hash and init.epoch >= 0:
+        return checkpoint_path(parent.run_dir, init.epoch).exists()
+    return read_status(parent.run_dir).get("state") == "done"
+
+
+def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | None = None,
+         rerun_failed: bool = False) -> list[PlannedRun]:
+    """Every run of `studies` at `scale`, parents first, with its state in the store and what to do."""
+    root = Path(root).resolve()
+    out: list[PlannedRun] = []
+    for study in studies:
+        for spec in study.runs(scale, seeds):
+            run_dir = root / scale / study.name / spec.hash
+            status = read_status(run_dir)
+            state = run_state(run_dir, status)
+            total = spec.config.total_steps()
+            action = {"pending": "run", "interrupted": "resume", "running": "busy", "done": "skip",
+                      "failed": "rerun" if rerun_failed else "keep",
+                      "diverged": "restart" if rerun_failed else "keep"}[state]
+            start = {"run": _init_step(spec.config), "restart": _init_step(spec.config),
+                     "skip": total}.get(action, int(status.get("step", 0)))
+            job = read_json(run_dir / JOB_FILE)
+            out.append(PlannedRun(study.name, spec, run_dir, state, action, start, total,
+                                  job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else ""))
+    _check_slurm_jobs(out)
+    by_uid = {r.uid: r for r in out}
+    for run in out:  # parents come first, so a blocked parent is known before its children
+        for p in run.parents:
+            parent = by_uid[p]
+            if run.action in TO_EXECUTE and parent.action in ("keep", "blocked") and not parent_ready(run, parent):
+                run.action, run.note = "blocked", f"needs {parent.spec.key} ({parent.state})"
+    return out
+
+
+def _check_slurm_jobs(runs: list[PlannedRun]) -> None:
+    """Runs with a recorded SLURM job: queued or running there -> busy; gone while marked running -> resume."""
+    ids = [r.job_id for r in runs if r.job_id and r.action != "skip"]
+    if not ids:
+        return
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True,
+                             timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return  # not on the cluster: trust status.json
+    active = set(out.stdout.split())
+    for r in runs:
+        if not r.job_id or r.action == "skip":
+            continue
+        if r.job_id in active:
+            r.action, r.note = "busy", f"SLURM job {r.job_id}"
+        elif r.action == "busy":
+            r.state, r.action = "interrupted", "resume"
+
+
+# ----------------------------------------------------------------------------------------------------
+# execution
+
+
+def _prepare(run: PlannedRun, executor: str, root: Path) -> None:
+    """Archive a diverged run that restarts, and record the run's identity in run.json."""
+    if run.action == "restart" and run.run_dir.exists():
+        archive = run.run_dir.parent / ".archive" / f"{run.run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run.run_dir), str(archive))
+    atomic_write_json(run.run_dir / RUN_FILE, {
+        "study": run.study, "key": run.spec.key, "scale": run.config.scale, "hash": run.spec.hash,
+        "tags": run.spec.tags, "depends_on": run.spec.depends_on,
+    })
+
+
+def _record_job(run: PlannedRun, executor: str, job_id: str) -> None:
+    atomic_write_json(run.run_dir / JOB_FILE, {"executor": executor, "job_id": job_id,
+                                                "host": socket.gethostname(), "submitted": time.time()})
+
+
+def _submitit_folder(root: Path, run: PlannedRun) -> Path:
+    return root / run.config.scale / run.study / ".submitit"
+
+
+def _readiness(run: PlannedRun, by_uid: dict[str, PlannedRun], pending: set[str]) -> str:
+    """ready | wait | blocked: may `run` start now?"""
+    if checkpoint_path(run.run_dir).exists():
+        return "ready"  # it resumes from its own checkpoint
+    for p in run.parents:
+        parent = by_uid[p]
+        if parent_ready(run, parent):
+            continue
+        if p in pending or (parent.action == "busy" and run_state(parent.run_dir) == "running"):
+            return "wait"
+        return "blocked"
+    return "ready"
+
+
+def _progress(run: PlannedRun) -> int:
+    """Steps this run has trained in this launch, from the tail of metrics.jsonl (fresher than status.json)."""
+    row = last_jsonl_row(run.run_dir / METRICS_FILE) or {}
+    step = max(int(row.get("step", 0)), int(read_status(run.run_dir).get("step", 0)))
+    return min(max(0, step - run.start_step), run.total_steps - run.start_step)
+
+
+def _final_state(run: PlannedRun) -> str:
+    """The state of a run whose job has ended: still "running" means killed; no status at all, a crash first."""
+    state = run_state(run.run_dir)
+    return {"running": "interrupted", "pending": "failed"}.get(state, state)
+
+
+def execute_debug(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: Path,
+                  progress: bool = True) -> dict[str, str]:
+    """In this process, parents first (submitit's DebugExecutor); exceptions are recorded, not re-raised."""
+    from tqdm import tqdm
+
+    final: dict[str, str] = {}
+    pending = {r.uid for r in todo}
+    bar = tqdm(total=len(todo), unit="run", desc="debug", disable=not progress, dynamic_ncols=True)
+    for run in todo:
+        pending.discard(run.uid)
+        if _readiness(run, by_uid, pending) != "ready":
+            final[run.uid] = "blocked"
+        else:
+            _prepare(run, "debug", root)
+            executor = submitit.DebugExecutor(folder=_submitit_folder(root, run))
+            job = executor.submit(RunJob(), run.config.to_dict(), str(run.run_dir), str(root))
+            _record_job(run, "debug", str(job.job_id))
+            error = job.exception()
+            final[run.uid] = _final_state(run)
+            if error is not None and final[run.uid] == "done":
+                final[run.uid] = "failed"
+        bar.update(1)
+        bar.write(f"{final[run.uid]:>11}  {run.study}/{run.spec.key}  {run.run_dir}")
+    bar.close()
+    return final
+
+
+def execute_local(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: Path, jobs: int | None = None,
+                  progress: bool = True, poll_s: float = 0.2) -> dict[str, str]:
+    """Subprocesses on this machine (submitit's LocalExecutor), `jobs` at once, children as soon as the parent
+    checkpoint they need exists; one tqdm bar over the steps of the whole grid."""
+    import torch
+    from tqdm import tqdm
+
+    gpus = torch.cuda.device_count() if todo and todo[0].config.scale in CLUSTER_SCALES else 0
+    slots = jobs or gpus or os.cpu_count() or 1
+    free = list(range(slots))
+    waiting = list(todo)
+    running: dict[str, tuple[Any, int]] = {}
+    final: dict[str, str] = {}
+    executors: dict[Path, Any] = {}
+    total = sum(r.total_steps - r.start_step for r in todo)
+    desc = f"{todo[0].config.scale}: " + (todo[0].study if len({r.study for r in todo}) == 1 else "studies")
+    bar = tqdm(total=total, unit="step", desc=desc, disable=not progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    try:
+        while waiting or running:
+            for uid, (job, slot) in list(running.items()):
+                if job.done():
+                    run = by_uid[uid]
+                    final[uid] = _final_state(run)
+                    free.append(slot)
+                    del running[uid]
+                    detail = "" if final[uid] == "done" else f"  (log: {job.paths.stderr})"
+                    bar.write(f"{final[uid]:>11}  {run.study}/{run.spec.key}  {run.run_dir}{detail}")
+            pending = {r.uid for r in waiting} | set(running)
+            for run in list(waiting):
+                if not free:
+                    break
+                verdict = _readiness(run, by_uid, pending - {run.uid})
+                if verdict == "wait":
+                    continue
+                waiting.remove(run)
+                if verdict == "blocked":
+                    final[run.uid] = "blocked"
+                    bar.write(f"{'blocked':>11}  {run.study}/{run.spec.key}  (a parent it needs did not finish)")
+                    continue
+                slot = free.pop(0)
+                folder = _submitit_folder(root, run)
+                executor = executors.setdefault(folder, submitit.LocalExecutor(folder=folder))
+                params: dict[str, Any] = {"timeout_min": LOCAL_TIMEOUT_MIN, "gpus_per_node": 0}
+                if gpus:
+                    params.update(gpus_per_node=1, visible_gpus=(slot,))
+                executor.update_parameters(**params)
+                _prepare(run, "local", root)
+                job = executor.submit(RunJob(0 if gpus else 1), run.config.to_dict(), str(run.run_dir), str(root))
+                _record_job(run, "local", str(job.job_id))
+                running[run.uid] = (job, slot)
+            steps = sum(_progress(r) if r.uid in running or r.uid in final else 0 for r in todo)
+            done = sum(1 for s in final.values() if s == "done")
+            bad = sum(1 for s in final.values() if s != "done")
+            bar.set_postfix_str(f"runs {done}/{len(todo)} done, {len(running)} running, {bad} not done",
+                                refresh=False)
+            bar.update(steps - bar.n)  # redraws at most every `mininterval`
+            if waiting or running:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for job, _ in running.values():
+            job.cancel()
+        raise
+    finally:
+        bar.close()
+    return final
+
+
+def _waves(todo: list[PlannedRun], by_uid: dict[str, PlannedRun]) -> dict[str, int]:
+    """Dependency depth among the runs to submit: a run's array starts after its parents' arrays."""
+    wave: dict[str, int] = {}
+    uids = {r.uid for r in todo}
+    for run in todo:  # parents first
+        parents = [p for p in run.parents if p in uids and not parent_ready(run, by_uid[p])]
+        wave[run.uid] = 1 + max((wave[p] for p in parents), default=-1)
+    return wave
+
+
+def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: Path, profile: dict,
+                  dry_run: bool = False) -> dict[str, str]:
+    """Submit one job array per (wave, study); arrays of later waves wait for their parents (afterok)."""
+    sbatch, executor_kwargs = slurm_parameters(profile)
+    waves = _waves(todo, by_uid)
+    job_ids: dict[str, str] = {}
+    for w in sorted(set(waves.values())):
+        studies = dict.fromkeys(r.study for r in todo if waves[r.uid] == w)
+        for study in studies:
+            group = [r for r in todo if waves[r.uid] == w and r.study == study]
+            deps = set()
+            for run in group:
+                for p in run.parents:
+                    parent = by_uid[p]
+                    if parent_ready(run, parent):
+                        continue
+                    if p in job_ids:
+                        deps.add(job_ids[p])
+                    elif parent.action == "busy" and parent.job_id:
+                        deps.add(parent.job_id)
+            params = dict(sbatch, job_name=f"dyn-{study}-{group[0].config.scale}")
+            if deps:
+                params["dependency"] = "afterok:" + ":".join(sorted(deps))
+                params["additional_parameters"] = {"kill-on-invalid-dep": "yes",
+                                                   **params.get("additional_parameters", {})}
+            if dry_run:
+                for run in group:
+                    job_ids[run.uid] = f"<wave {w}>"
+                print(f"  wave {w}: {study}: array of {len(group)} job(s)"
+                      + (f", {params['dependency']}" if deps else ""))
+                continue
+            executor = submitit.SlurmExecutor(folder=_submitit_folder(root, group[0]) / "%j", **executor_kwargs)
+            executor.update_parameters(**params)
+            for run in group:
+                _prepare(run, "slurm", root)
+            with executor.batch():
+                jobs = [executor.submit(RunJob(), r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
+            for run, job in zip(group, jobs):
+                job_ids[run.uid] = str(job.job_id)
+                _record_job(run, "slurm", str(job.job_id))
+    return {uid: f"submitted {jid}" for uid, jid in job_ids.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# cluster profiles
+
+# profile key -> submitit SlurmExecutor parameter (sbatch flag); see slurm/example.toml
+PROFILE_KEYS = {
+    "partition": "partition", "nodes": "nodes", "gpus_per_node": "gpus_per_node",
+    "tasks_per_node": "ntasks_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem", "time_min": "time",
+    "account": "account", "qos": "qos", "constraint": "constraint", "exclude": "exclude", "comment": "comment",
+    "array_parallelism": "array_parallelism", "signal_delay_s": "signal_delay_s", "setup": "setup",
+    "srun_args": "srun_args", "extra_sbatch": "additional_parameters",
+}
+EXECUTOR_KEYS = ("max_num_timeout", "python")
+
+
+def load_profile(path: str | Path, scale: str | None = None) -> dict:
+    """A cluster profile: the [slurm] table, overridden by [scale.<scale>] when present."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--profile {path}: no such file (see slurm/example.toml)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--profile {path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"slurm", "scale"})
+    if unknown:
+        raise ConfigError(f"profile {path}: unknown table [{unknown[0]}]; allowed: [slurm], [scale.<scale>]")
+    profile = dict(data.get("slurm", {}))
+    if scale is not None:
+        profile.update(data.get("scale", {}).get(scale, {}))
+    allowed = set(PROFILE_KEYS) | set(EXECUTOR_KEYS)
+    for key in profile:
+        if key not in allowed:
+            raise ConfigError(f"profile {path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+    return profile
+
+
+def slurm_parameters(profile: dict) -> tuple[dict, dict]:
+    """(sbatch parameters for SlurmExecutor.update_parameters, keyword arguments of SlurmExecutor)."""
+    sbatch = {PROFILE_KEYS[k]: v for k, v in profile.items() if k in PROFILE_KEYS}
+    if "ntasks_per_node" not in sbatch:
+        sbatch["ntasks_per_node"] = max(1, int(profile.get("gpus_per_node", 1)))  # one rank per GPU
+    if "additional_parameters" in sbatch:
+        sbatch["additional_parameters"] = dict(sbatch["additional_parameters"])
+    executor = {k: profile[k] for k in EXECUTOR_KEYS if k in profile}
+    return sbatch, executor
+
+
+def sbatch_preview(profile: dict) -> list[str]:
+    """The #SBATCH lines and setup that submitit writes for these parameters (log paths left out)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    sbatch, _ = slurm_parameters(profile)
+    text = _make_sbatch_string(command="<job>", folder="<folder>", job_name="<study>-<scale>", **sbatch)
+    keep = [line for line in text.splitlines() if line.startswith("#SBATCH")
+            and not line.startswith(("#SBATCH --output", "#SBATCH --error", "#SBATCH --open-mode"))]
+    return keep + [line for line in sbatch.get("setup", [])]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command-line entry points
+
+
+def _fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:,.1f}"
+
+
+def _describe_deps(run: PlannedRun, by_uid: dict[str, PlannedRun]) -> str:
+    if not run.spec.depends_on:
+        return "-"
+    parts = []
+    for p in run.parents:
+        parent = by_uid[p]
+        init = run.config.init
+        at = f"@{init.epoch:g}ep" if Path(init.run_dir).name == parent.spec.hash and init.epoch >= 0 else ""
+        parts.append(parent.spec.key + at)
+    return ",".join(parts)
+
+
+def cost_summary(runs: list[PlannedRun], jobs: int) -> str:
+    todo = [r for r in runs if r.action in TO_EXECUTE]
+    if not runs:
+        return "nothing to estimate"
+    scale = runs[0].config.scale
+    rate = STEP_RATES[scale]
+    seconds = sum(estimate_seconds(r.config, r.start_step) for r in todo)
+    steps = sum(r.total_steps - r.start_step for r in todo)
+    if scale in CLUSTER_SCALES:
+        return (f"{len(todo)} of {len(runs)} runs to train, {steps:,} steps: about {seconds / 3600:,.0f} GPU-hours "
+                f"(H100: {rate.steps_per_s:.2f} joint steps/s per GPU at batch 256, ideal data-parallel scaling; "
+                f"{rate.source})")
+    return (f"{len(todo)} of {len(runs)} runs to train, {steps:,} steps: about {_fmt_minutes(seconds)} CPU-minutes, "
+            f"{_fmt_minutes(seconds / max(1, jobs))} min wall with {jobs} runs at once "
+            f"({rate.steps_per_s:g} steps/s per run on {rate.device}, {rate.source})")
+
+
+def print_plan(runs: list[PlannedRun], studies: list, jobs: int, out: Any = None) -> None:
+    out = out or sys.stdout
+    by_uid = {r.uid: r for r in runs}
+    width = max([len(r.spec.key) for r in runs] + [8])
+    for study in studies:
+        mine = [r for r in runs if r.study == study.name]
+        print(f"{study.name}: {study.question}  [{len(mine)} runs]", file=out)
+        for note in study.notes:
+            print(f"  note: {note}", file=out)
+        if not mine:
+            continue
+        print(f"  {'run':<{width}}  {'hash':<12}  {'state':<11}  {'action':<8}  {'steps':>9}  "
+              f"{'est.':>9}  after", file=out)
+        for r in mine:
+            seconds = estimate_seconds(r.config, r.start_step) if r.action in TO_EXECUTE else 0.0
+            est = (f"{seconds / 3600:,.1f}h" if r.config.scale in CLUSTER_SCALES else f"{seconds / 60:.2f}m")
+            print(f"  {r.spec.key:<{width}}  {r.spec.hash:<12}  {r.state:<11}  {r.action:<8}  "
+                  f"{r.total_steps - r.start_step:>9,}  {est:>9}  {_describe_deps(r, by_uid)}"
+                  + (f"  ({r.note})" if r.note else ""), file=out)
+    print(f"total: {cost_summary(runs, jobs)}", file=out)
+
+
+def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
+    """Print one line per run with its state and progress; returns the count per state."""
+    out = out or sys.stdout
+    width = max([len(r.spec.key) for r in runs] + [8])
+    counts: dict[str, int] = {}
+    now = time.time()
+    print(f"{'run':<{width}}  {'hash':<12}  {'state':<11}  {'progress':>22}  updated", file=out)
+    for r in runs:
+        status = read_status(r.run_dir)
+        row = last_jsonl_row(r.run_dir / METRICS_FILE) or {}
+        step = max(int(status.get("step", 0)), int(row.get("step", 0)))
+        state = "queued" if r.action == "busy" and r.state == "pending" else r.state
+        counts[state] = counts.get(state, 0) + 1
+        updated = status.get("updated")
+        age = "-" if updated is None else f"{max(0.0, now - updated) / 60:.1f} min ago"
+        pct = 100.0 * step / r.total_steps if r.total_steps else 0.0
+        extra = f"  {status['error']}" if status.get("error") else ""
+        print(f"{r.spec.key:<{width}}  {r.spec.hash:<12}  {state:<11}  "
+              f"{f'{step:,}/{r.total_steps:,} ({pct:.0f}%)':>22}  {age}{extra}", file=out)
+    order = ("done", "running", "queued", "interrupted", "failed", "diverged", "pending")
+    print("  ".join(f"{k}: {counts[k]}" for k in order if k in counts) or "no runs", file=out)
+    return counts
+
+
+def launch(studies: list, scale: str, executor: str = "local", root: str | Path = "results",
+           seeds: int | None = None, jobs: int | None = None, profile: str | Path | None = None,
+           rerun_failed: bool = False, dry_run: bool = False, progress: bool = True) -> dict[str, str]:
+    """Plan the studies' grids at `scale` and execute what is not done; returns {run uid: final state}."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r} is not allowed; choose one of {', '.join(EXECUTORS)}")
+    if executor == "slurm" and profile is None:
+        raise ConfigError("--executor slurm needs --profile slurm/<cluster>.toml (see slurm/example.toml)")
+    prof = load_profile(profile, scale) if profile is not None else {}
+    root = Path(root).resolve()
+    for study in studies:
+        if scale in study.unsupported:
+            print(f"{study.name}: no runs at scale {scale}: {study.unsupported[scale]}")
+    runs = plan(studies, scale, root, seeds, rerun_failed)
+    by_uid = {r.uid: r for r in runs}
+    todo = [r for r in runs if r.action in TO_EXECUTE]
+    n_jobs = jobs or os.cpu_count() or 1
+    if dry_run:
+        print_plan(runs, studies, n_jobs)
+        if executor == "slurm":
+            print("sbatch script header (submitit's, as each array gets it, plus --array and --dependency):")
+            for line in sbatch_preview(prof):
+                print(f"  {line}")
+            execute_slurm(todo, by_uid, root, prof, dry_run=True)
+        return {}
+    skipped = {a: sum(1 for r in runs if r.action == a) for a in ("skip", "keep", "busy", "blocked")}
+    others = ", ".join(f"{n} {a}" for a, n in skipped.items() if n)
+    print(f"{scale}: {len(runs)} runs, {len(todo)} to train" + (f" ({others})" if others else "")
+          + f" -> {root / scale}")
+    for r in runs:
+        if r.action in ("keep", "blocked"):
+            print(f"  {r.action}: {r.study}/{r.spec.key} ({r.note or r.state}; --rerun-failed to run it again)")
+    if not todo:
+        return {}
+    start = time.time()
+    if executor == "debug":
+        final = execute_debug(todo, by_uid, root, progress)
+    elif executor == "local":
+        final = execute_local(todo, by_uid, root, jobs, progress)
+    else:
+        final = execute_slurm(todo, by_uid, root, prof)
+        print(f"submitted {len(final)} runs to SLURM; follow them with: dynamics status STUDY --scale {scale}")
+        return final
+    counts: dict[str, int] = {}
+    for state in final.values():
+        counts[state] = counts.get(state, 0) + 1
+    print(f"finished in {time.time() - start:.1f} s: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return final

@@ -1,0 +1,27 @@
+"""How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method."""
+
+from __future__ import annotations
+
+from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+
+K = (0.5, 1.0, 2.0)
+EPOCHS = 240
+
+
+@register(
+    name="k-schedule",
+    question="schedule speed",
+    metric=Metric("1-NFE distance of u samples (FID at paper scale)", sampler="u", nfe=(1,)),
+    finding=Finding("k = 1 is best (B/4: k = 0.5 -> 11.16, 1 -> 10.20, 2 -> 11.44)",
+                    holds_if="k = 1 gives the lowest 1-NFE metric", comparison="best", tag="k", treatment=1.0),
+    notes=("full method: minsnr-lu at b4 (the paper's best there), dtd-lu at every other scale",),
+)
+def k_schedule(scale: str) -> list[RunSpec]:
+    method = full_method(scale)
+    runs = []
+    for k in K:
+        cfg = base_config(scale, method)
+        cfg.phases = [joint(EPOCHS)]
+        cfg.objective.beta_k = k
+        runs.append(RunSpec(f"k={k:g}", cfg, tags={"k": k, "method": method}))
+    return runs

@@ -1,0 +1,45 @@
+"""O1 at a fixed budget: with E_v + E_u = 80 epochs, where is compute best spent?
+
+One shared 40-epoch v-only run keeps checkpoints at 10, 20, 30 and 40 epochs; each grid point continues one
+of them with u-only training for the rest of the 80 epochs (E_v = 0 trains u alone for 80 epochs).
+"""
+
+from __future__ import annotations
+
+from .registry import (
+    CONSTANT_LR_NOTE,
+    Finding,
+    Metric,
+    RunSpec,
+    base_config,
+    register,
+    start_from,
+    u_only,
+    v_only,
+)
+
+E_V = (0, 10, 20, 30, 40)
+BUDGET = 80
+
+
+@register(
+    name="o1-fixed-budget",
+    question="same compute, where to spend it?",
+    metric=Metric("1-NFE distance of u samples (FID at paper scale)", sampler="u", nfe=(1,)),
+    finding=Finding("early v investment is more efficient",
+                    holds_if="at E_v + E_u = 80 the 1-NFE metric falls as E_v grows", comparison="trend",
+                    tag="E_v", direction="decreasing"),
+    notes=(CONSTANT_LR_NOTE, "the grid shares one 40-epoch v-only run (checkpoints at 10/20/30/40)"),
+)
+def o1_fixed_budget(scale: str) -> list[RunSpec]:
+    parent = base_config(scale, shared_prefix=True)
+    parent.phases = [v_only(max(E_V))]
+    parent.train.keep_epochs = [float(e) for e in E_V if e > 0]
+    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "v_epochs": max(E_V)})]
+    for e_v in E_V:
+        cfg = base_config(scale, shared_prefix=True)
+        cfg.phases = ([v_only(e_v)] if e_v else []) + [u_only(BUDGET - e_v)]
+        if e_v:
+            start_from(cfg, "v-pretrain", e_v)
+        runs.append(RunSpec(f"E_v={e_v}", cfg, tags={"role": "fine-tune", "E_v": e_v, "E_u": BUDGET - e_v}))
+    return runs

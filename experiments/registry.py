@@ -1,0 +1,402 @@
+"""The study registry: named grids of runs, each with a metric and the paper finding it tests.
+
+A study is data (question, metric, finding, seeds, notes) plus one function `grid(scale) -> list[RunSpec]`
+that lists the runs of ONE seed at one scale. `Study.runs(scale, seeds)` repeats that grid for every seed,
+sets `train.seed`, suffixes each key with `/s<seed>`, and names every run by the hash of its resolved config.
+
+Budgets are written in the paper's epochs (`phases=[v 5 ep, u 60 ep]`); each scale says how many optimiser
+steps an epoch is (`SCALE_SETTINGS`), so a grid reads the same at every scale.
+
+Shared prefixes. A fine-tune that starts from another run's checkpoint says so with
+`start_from(cfg, "<parent key>", epoch)`, which writes `init.run_dir = "@<parent key>"`. `Study.runs`
+replaces that reference with the parent's directory *relative to the results root*,
+`<scale>/<study>/<parent hash>`, and adds the parent to `depends_on`. The child's hash (its directory name)
+therefore changes when the parent's config changes, but not with where results live; the launcher makes
+the path absolute when the run starts (`dynamics.launch.absolute_init`).
+
+Users register their own studies the same way the built-in modules do, from their own module:
+
+    from experiments.registry import Metric, Finding, RunSpec, base_config, joint, register
+
+    @register(name="my-study", question="...", metric=Metric("1-NFE distance"),
+              finding=Finding("...", holds_if="...", comparison="better", tag="arm",
+                              treatment="new", control="vanilla"))
+    def my_study(scale: str) -> list[RunSpec]:
+        ...
+
+and load it with `register_from_module("my_package.my_studies")` or `dynamics run --register ...`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamics.config import (
+    SCALES,
+    ConfigError,
+    PhaseConfig,
+    RunConfig,
+    SamplerConfig,
+    preset,
+)
+from dynamics.results import config_hash
+
+
+class RegistryError(ValueError):
+    """A bad study name, scale, grid or registration; the message names the value and what is allowed."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# scales
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """How one scale runs the paper's epoch budgets, and why these numbers."""
+
+    steps_per_epoch: int  # optimiser steps per paper epoch (train.steps_per_epoch)
+    seeds: int  # default seeds per grid point
+    warmup_steps: int | None = None  # None: the preset's
+    eval_samples: int | None = None  # None: the preset's eval.num_samples
+    class_conditional: bool = False
+    note: str = ""
+
+
+# The cpu numbers are sized so that every study, 3 seeds, runs in about 20 minutes on 2 cores with 2 runs at
+# once (`dynamics run all --scale cpu --dry-run` prints the estimate; rates in dynamics/launch.py).
+# Smoke makes one epoch one step: every study runs in seconds. Paper scales use ImageNet's real epoch.
+SCALE_SETTINGS: dict[str, ScaleSettings] = {
+    "smoke": ScaleSettings(1, 1, warmup_steps=5, note="1 step per epoch: a 240-epoch run is 240 steps"),
+    "cpu": ScaleSettings(6, 3, warmup_steps=60, eval_samples=2048,
+                         note="6 steps (batch 1024) per epoch; warm-up 60 steps (10 epochs); 2048 eval samples"),
+    "digits": ScaleSettings(8, 1, warmup_steps=100, class_conditional=True,
+                            note="8 steps (batch 256) per epoch; 1 seed (the whole set takes ~2 h on 2 cores)"),
+    "b4": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
+    "m2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
+    "l2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
+    "xl2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
+}
+
+# The paper's "full method" per scale: MinSNR + L_u is its best on B/4; it picks DTD + L_u as the primary
+# driver at M/2, L/2 and XL/2 (MinSNR's gain fades with scale). The small scales follow the large-scale choice.
+FULL_METHOD: dict[str, str] = {
+    "smoke": "dtd-lu", "cpu": "dtd-lu", "digits": "dtd-lu",
+    "b4": "minsnr-lu", "m2": "dtd-lu", "l2": "dtd-lu", "xl2": "dtd-lu",
+}
+
+CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_schedule=constant (warm-up kept), so a "
+                    "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")
+
+
+def check_scale(scale: str) -> ScaleSettings:
+    if scale not in SCALE_SETTINGS:
+        raise RegistryError(f"scale={scale!r} is not known; choose one of {', '.join(SCALES)}")
+    return SCALE_SETTINGS[scale]
+
+
+def full_method(scale: str) -> str:
+    check_scale(scale)
+    return FULL_METHOD[scale]
+
+
+# ----------------------------------------------------------------------------------------------------
+# grid building blocks
+
+
+def base_config(scale: str, method: str = "vanilla", *, shared_prefix: bool = False) -> RunConfig:
+    """The scale's preset for a study: the scale's epoch length and warm-up, evaluation at the end only.
+
+    `shared_prefix=True` switches a decaying LR schedule to constant (see CONSTANT_LR_NOTE)."""
+    settings = check_scale(scale)
+    cfg = preset(f"{scale}-{method}")
+    cfg.train.steps_per_epoch = settings.steps_per_epoch
+    if settings.warmup_steps is not None:
+        cfg.train.warmup_steps = settings.warmup_steps
+    if settings.eval_samples is not None:
+        cfg.eval.num_samples = settings.eval_samples
+    cfg.eval.every_epochs = 0.0
+    cfg.train.keep_epochs = []
+    if shared_prefix:
+        cfg.train.lr_schedule = "constant"
+    return cfg
+
+
+def v_only(epochs: float) -> PhaseConfig:
+    return PhaseConfig(epochs=float(epochs), terms="v")
+
+
+def u_only(epochs: float, sampler: SamplerConfig | None = None) -> PhaseConfig:
+    return PhaseConfig(epochs=float(epochs), terms="u", sampler=sampler)
+
+
+def joint(epochs: float) -> PhaseConfig:
+    return PhaseConfig(epochs=float(epochs), terms="both")
+
+
+def dt_bin(lo: float, hi: float) -> SamplerConfig:
+    """O2's sampler: dt uniform in [lo, hi], t uniform in [dt, 1]."""
+    return SamplerConfig(kind="dt_bin", dt_min=lo, dt_max=hi)
+
+
+def bin_label(lo: float, hi: float) -> str:
+    return f"[{lo:g},{hi:g}]"
+
+
+def start_from(cfg: RunConfig, parent_key: str, epoch: float) -> RunConfig:
+    """Make `cfg` continue the run `parent_key` (same study, same seed) from its checkpoint at `epoch`."""
+    cfg.init.run_dir = "@" + parent_key
+    cfg.init.epoch = float(epoch)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# study description
+
+
+@dataclass
+class RunSpec:
+    """One run of a grid: a key unique within the study, its config, the runs it waits for, analysis tags."""
+
+    key: str
+    config: RunConfig
+    depends_on: list[str] = field(default_factory=list)
+    tags: dict[str, Any] = field(default_factory=dict)
+    hash: str = ""  # filled by Study.runs: config_hash of the resolved config
+
+    @property
+    def parent_epoch(self) -> float | None:
+        """The parent's checkpoint epoch this run starts from (None: it starts from scratch)."""
+        return self.config.init.epoch if self.config.init.run_dir else None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a study measures. `kind`: distance (sw2 on toy data, fd_digits on digits, FID at paper scale),
+    tas (task affinity matrix), epochs_to_target (epochs until the control's final distance is reached)."""
+
+    description: str
+    sampler: str = "u"  # u: few-step with u; v: Euler with v = u(z, t, t)
+    nfe: tuple[int, ...] = (1,)
+    kind: str = "distance"
+    lower_is_better: bool = True
+
+    def name(self, scale: str) -> str:
+        """The eval.jsonl metric name at a scale."""
+        if self.kind != "distance":
+            return self.kind
+        return {"smoke": "sw2", "cpu": "sw2", "digits": "fd_digits"}.get(scale, "fid")
+
+
+COMPARISONS = ("trend", "better", "best")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The paper's claim and which direction of the metric counts as "holds".
+
+    comparison: trend  - the metric moves in `direction` (increasing | decreasing) as tag `tag` grows;
+                better - runs with tag value(s) `treatment` beat those with `control` (paired by seed);
+                best   - tag value `treatment` gives the best metric of all values of `tag`."""
+
+    claim: str
+    holds_if: str
+    comparison: str
+    tag: str
+    treatment: Any = None
+    control: Any = None
+    direction: str = "decreasing"
+
+    def __post_init__(self) -> None:
+        if self.comparison not in COMPARISONS:
+            raise RegistryError(f"Finding.comparison={self.comparison!r}; allowed: {', '.join(COMPARISONS)}")
+        if self.direction not in ("increasing", "decreasing"):
+            raise RegistryError(f"Finding.direction={self.direction!r}; allowed: increasing, decreasing")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task for task affinity (TAS): a loss term (v: t = r, u: t != r) on a (t, r) sampler."""
+
+    name: str
+    terms: str
+    sampler: SamplerConfig | None = None
+
+
+@dataclass
+class Study:
+    name: str
+    question: str
+    metric: Metric
+    finding: Finding
+    grid: Callable[[str], list[RunSpec]]
+    seeds: dict[str, int] = field(default_factory=dict)  # per-scale overrides of SCALE_SETTINGS' seeds
+    unsupported: dict[str, str] = field(default_factory=dict)  # scale -> why this study has no runs there
+    notes: tuple[str, ...] = ()
+    tasks: tuple[TaskSpec, ...] = ()  # TAS tasks (o3)
+    task_inits: dict[str, str | None] = field(default_factory=dict)  # init label -> run key (None: random)
+    module: str = ""
+
+    def default_seeds(self, scale: str) -> int:
+        return self.seeds.get(scale, check_scale(scale).seeds)
+
+    def runs(self, scale: str, seeds: int | None = None) -> list[RunSpec]:
+        """Every run at `scale` for seeds 0 .. seeds-1, parents first, each with its resolved config and hash."""
+        check_scale(scale)
+        if scale in self.unsupported:
+            return []
+        n = self.default_seeds(scale) if seeds is None else seeds
+        if n < 1:
+            raise RegistryError(f"seeds={n} must be >= 1")
+        out: list[RunSpec] = []
+        for seed in range(n):
+            out.extend(self._one_seed(scale, seed))
+        return out
+
+    def _one_seed(self, scale: str, seed: int) -> list[RunSpec]:
+        specs = self.grid(scale)
+        keys = [s.key for s in specs]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise RegistryError(f"study {self.name}: duplicate run key {dupes[0]!r} at scale {scale}")
+        suffix = f"/s{seed}"
+        by_key: dict[str, RunSpec] = {}
+        for s in specs:
+            cfg = copy.deepcopy(s.config)
+            cfg.train.seed = seed
+            cfg.scale = scale
+            cfg.name = f"{self.name}/{s.key}{suffix}"
+            deps = list(s.depends_on)
+            if cfg.init.run_dir.startswith("@"):
+                deps.append(cfg.init.run_dir[1:])
+            for d in deps:
+                if d not in keys:
+                    raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, which is not in "
+                                        f"the grid; keys: {', '.join(keys)}")
+            tags = {**s.tags, "seed": seed}
+            by_key[s.key + suffix] = RunSpec(s.key + suffix, cfg, [d + suffix for d in dict.fromkeys(deps)], tags)
+        ordered = _topological(by_key, self.name)
+        hashes: dict[str, str] = {}
+        for spec in ordered:
+            cfg = spec.config
+            if cfg.init.run_dir.startswith("@"):
+                parent = cfg.init.run_dir[1:] + suffix
+                cfg.init.run_dir = f"{scale}/{self.name}/{hashes[parent]}"
+            try:
+                cfg.validate()
+            except ConfigError as exc:
+                raise RegistryError(f"study {self.name}, run {spec.key}: {exc}") from None
+            spec.hash = config_hash(cfg.to_dict())
+            hashes[spec.key] = spec.hash
+        return ordered
+
+    def count(self, scale: str, seeds: int | None = None) -> int:
+        return len(self.runs(scale, seeds))
+
+
+def _topological(by_key: dict[str, RunSpec], study: str) -> list[RunSpec]:
+    """Parents before children, otherwise the grid's own order."""
+    out: list[RunSpec] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(key: str) -> None:
+        if state.get(key) == 2:
+            return
+        if state.get(key) == 1:
+            raise RegistryError(f"study {study}: dependency cycle through run {key!r}")
+        state[key] = 1
+        for d in by_key[key].depends_on:
+            visit(d)
+        state[key] = 2
+        out.append(by_key[key])
+
+    for key in by_key:
+        visit(key)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the registry
+
+BUILTIN_MODULES = (
+    "experiments.o1_v_first", "experiments.o1_fixed_budget", "experiments.o1_contaminated_v",
+    "experiments.o2_interval_bins", "experiments.o3_task_affinity", "experiments.main",
+    "experiments.k_schedule", "experiments.v_quality", "experiments.convergence",
+    "experiments.cfg_robustness",
+)
+
+_REGISTRY: dict[str, Study] = {}
+_builtins_loaded = False
+
+
+def register(study: Study | None = None, **fields: Any) -> Any:
+    """Register a study. Either `register(Study(...))`, or as a decorator over a grid function:
+    `@register(name=..., question=..., metric=..., finding=...)`, which returns the Study."""
+    if study is not None:
+        if fields:
+            raise RegistryError("register: pass either a Study or keyword fields with a grid function, not both")
+        return _add(study)
+
+    def decorator(grid: Callable[[str], list[RunSpec]]) -> Study:
+        try:
+            made = Study(grid=grid, module=grid.__module__, **fields)
+        except TypeError as exc:
+            raise RegistryError(f"register: {exc}") from None
+        return _add(made)
+
+    return decorator
+
+
+def _add(study: Study) -> Study:
+    if not isinstance(study, Study):
+        raise RegistryError(f"register: expected a Study, got {type(study).__name__}")
+    if not study.module:
+        study.module = getattr(study.grid, "__module__", "")
+    old = _REGISTRY.get(study.name)
+    if old is not None and old.module != study.module:
+        raise RegistryError(f"study {study.name!r} is already registered by module {old.module}")
+    unknown = sorted(set(study.unsupported) - set(SCALES))
+    if unknown:
+        raise RegistryError(f"study {study.name}: unsupported scale {unknown[0]!r}; scales: {', '.join(SCALES)}")
+    _REGISTRY[study.name] = study
+    return study
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def register_from_module(module: str) -> list[Study]:
+    """Import a user's module (e.g. "my_lab.studies") so that its @register decorators run; its studies."""
+    _load_builtins()
+    before = dict(_REGISTRY)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(f"register_from_module: cannot import {module!r} ({exc})") from None
+    found = [s for s in _REGISTRY.values() if s.module == mod.__name__ or s.name not in before]
+    if not found:
+        raise RegistryError(f"module {module!r} registered no study; decorate a grid function with "
+                            "@register(name=..., question=..., metric=..., finding=...)")
+    return found
+
+
+def get_study(name: str) -> Study:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise RegistryError(f"unknown study {name!r}; registered: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def all_studies() -> list[Study]:
+    """Built-in studies in DESIGN.md's order, then users' in registration order."""
+    _load_builtins()
+    order = {m: i for i, m in enumerate(BUILTIN_MODULES)}
+    return sorted(_REGISTRY.values(), key=lambda s: order.get(s.module, len(order)))

@@ -1,0 +1,266 @@
+"""The study registry: every grid at every scale, checked against DESIGN.md section 4's table."""
+
+import sys
+import textwrap
+
+import pytest
+
+from dynamics.config import METHODS, SCALES
+from experiments.registry import (
+    FULL_METHOD,
+    SCALE_SETTINGS,
+    Finding,
+    Metric,
+    RegistryError,
+    RunSpec,
+    Study,
+    all_studies,
+    base_config,
+    get_study,
+    joint,
+    register,
+    register_from_module,
+    start_from,
+    v_only,
+)
+
+STUDIES = ("o1-v-first", "o1-fixed-budget", "o1-contaminated-v", "o2-interval-bins", "o3-task-affinity", "main",
+           "k-schedule", "v-quality", "convergence", "cfg-robustness")
+
+
+def by_key(study: str, scale: str, seeds: int = 1) -> dict:
+    return {r.key: r for r in get_study(study).runs(scale, seeds)}
+
+
+def phases(run: RunSpec) -> list[tuple]:
+    return [(p.epochs, p.terms) for p in run.config.phases]
+
+
+def test_every_study_builds_at_every_scale():
+    assert [s.name for s in all_studies()][: len(STUDIES)] == list(STUDIES)
+    for study in all_studies():
+        assert study.metric.description and study.finding.claim and study.finding.holds_if
+        for scale in SCALES:
+            runs = study.runs(scale)
+            keys = [r.key for r in runs]
+            assert len(keys) == len(set(keys))
+            if scale in study.unsupported:
+                assert runs == []
+                continue
+            assert runs, (study.name, scale)
+            assert len(runs) % study.default_seeds(scale) == 0
+            done = set()
+            for r in runs:  # parents first, every config valid and named by its hash
+                assert set(r.depends_on) <= done
+                done.add(r.key)
+                assert r.config.scale == scale and r.hash and r.config.name == f"{study.name}/{r.key}"
+                assert r.config.train.steps_per_epoch == SCALE_SETTINGS[scale].steps_per_epoch
+                assert r.tags["seed"] == r.config.train.seed
+
+
+def test_seeds_and_default_counts():
+    runs = get_study("o1-v-first").runs("cpu")
+    assert len(runs) == 18  # 3 seeds x (1 parent + 5 fine-tunes)
+    assert sorted({r.config.train.seed for r in runs}) == [0, 1, 2]
+    parents = {r.hash for r in runs if r.key.startswith("v-pretrain")}
+    assert len(parents) == 3  # one shared pre-training run per seed, not one per grid point
+    child = next(r for r in runs if r.key == "E_v=5/s2")
+    assert child.depends_on == ["v-pretrain/s2"]
+    assert len(get_study("o1-v-first").runs("cpu", seeds=5)) == 30
+
+
+def test_o1_v_first_grid():
+    for scale in SCALES:
+        runs = by_key("o1-v-first", scale)
+        parent = runs["v-pretrain/s0"]
+        assert phases(parent) == [(20.0, "v")]
+        assert parent.config.train.keep_epochs == [5.0, 10.0, 15.0, 20.0]
+        for e_v in (0, 5, 10, 15, 20):
+            run = runs[f"E_v={e_v}/s0"]
+            assert run.tags["E_v"] == e_v
+            assert run.config.train.lr_schedule == "constant"  # shared prefix: no run-length-dependent decay
+            if e_v == 0:
+                assert phases(run) == [(60.0, "u")] and run.depends_on == [] and run.config.init.run_dir == ""
+            else:
+                assert phases(run) == [(float(e_v), "v"), (60.0, "u")]
+                assert run.depends_on == ["v-pretrain/s0"]
+                assert run.config.init.run_dir == f"{scale}/o1-v-first/{parent.hash}"  # relative to the root
+                assert run.config.init.epoch == e_v and run.config.init.load_optimizer
+        assert len(runs) == 6
+
+
+def test_o1_fixed_budget_grid():
+    runs = by_key("o1-fixed-budget", "cpu")
+    parent = runs["v-pretrain/s0"]
+    assert phases(parent) == [(40.0, "v")] and parent.config.train.keep_epochs == [10.0, 20.0, 30.0, 40.0]
+    for e_v in (0, 10, 20, 30, 40):
+        run = runs[f"E_v={e_v}/s0"]
+        assert sum(p.epochs for p in run.config.phases) == 80
+        assert phases(run)[-1] == (80.0 - e_v, "u")
+        assert (run.config.init.epoch == e_v) if e_v else (run.config.init.run_dir == "")
+
+
+def test_o1_contaminated_grid():
+    runs = get_study("o1-contaminated-v").runs("b4")
+    assert [r.config.objective.contamination_k for r in runs] == [0.0, 0.01, 0.03, 0.1, 0.3]
+    assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
+
+
+def test_o2_interval_bins_grid():
+    runs = by_key("o2-interval-bins", "cpu")
+    parent = runs["v-pretrain/s0"]
+    assert phases(parent) == [(40.0, "v")] and parent.config.train.keep_epochs == [40.0]
+    children = [r for r in runs.values() if r.tags.get("role") == "fine-tune"]
+    assert len(children) == 8
+    bins = {(0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9)}
+    for init in ("random", "v-only"):
+        mine = [r for r in children if r.tags["init"] == init]
+        got = set()
+        for r in mine:
+            sampler = r.config.phases[-1].sampler
+            assert sampler.kind == "dt_bin" and r.config.phases[-1].terms == "u" and r.config.phases[-1].epochs == 40
+            got.add((sampler.dt_min, sampler.dt_max))
+            assert r.tags["bin"] == f"[{sampler.dt_min:g},{sampler.dt_max:g}]"
+            assert r.config.eval.nfe_v == [32]
+            if init == "random":
+                assert len(r.config.phases) == 1 and r.depends_on == []
+            else:
+                assert phases(r)[0] == (40.0, "v") and r.config.init.epoch == 40 and r.depends_on
+        assert got == bins
+    assert get_study("o2-interval-bins").metric.sampler == "v" and get_study("o2-interval-bins").metric.nfe == (32,)
+
+
+def test_o3_task_affinity_declares_inits_and_tasks():
+    study = get_study("o3-task-affinity")
+    runs = by_key("o3-task-affinity", "smoke")
+    assert phases(runs["init=v-only/s0"]) == [(40.0, "v")]
+    u_warm = runs["init=u[0.1,0.3]/s0"]
+    assert phases(u_warm) == [(40.0, "u")]
+    assert (u_warm.config.phases[0].sampler.dt_min, u_warm.config.phases[0].sampler.dt_max) == (0.1, 0.3)
+    assert study.task_inits == {"random": None, "v-only": "init=v-only", "u-small": "init=u[0.1,0.3]"}
+    assert [t.name for t in study.tasks] == ["v", "u[0.1,0.3]", "u[0.3,0.5]", "u[0.5,0.7]", "u[0.7,0.9]"]
+    assert study.tasks[0].terms == "v" and all(t.terms == "u" and t.sampler.kind == "dt_bin" for t in study.tasks[1:])
+
+
+def test_main_grid_methods():
+    runs = get_study("main").runs("b4")
+    assert [r.tags["method"] for r in runs] == list(METHODS)
+    for r in runs:
+        obj, method = r.config.objective, r.tags["method"]
+        assert phases(r) == [(240.0, "both")]
+        assert (obj.alpha == "minsnr") == ("minsnr" in method)
+        assert (obj.v_sampling == "dtd") == ("dtd" in method)
+        assert (obj.beta == "progressive") == method.endswith("lu")
+
+
+def test_k_schedule_and_full_method():
+    for scale in ("b4", "l2", "cpu"):
+        runs = get_study("k-schedule").runs(scale, seeds=1)
+        assert [r.config.objective.beta_k for r in runs] == [0.5, 1.0, 2.0]
+        for r in runs:
+            assert r.tags["method"] == FULL_METHOD[scale] and r.config.objective.beta == "progressive"
+            assert (r.config.objective.alpha == "minsnr") == (scale == "b4")
+            assert (r.config.objective.v_sampling == "dtd") == (scale != "b4")
+
+
+def test_v_quality_and_convergence():
+    vq = get_study("v-quality").runs("xl2")
+    assert [r.tags["arm"] for r in vq] == ["vanilla", "full"]
+    assert all(r.config.eval.nfe_v == [32, 64, 128] for r in vq)
+    conv = get_study("convergence").runs("cpu", seeds=1)
+    for r in conv:
+        assert r.config.eval.every_epochs == 24 and phases(r) == [(240.0, "both")]
+        assert r.config.train.keep_epochs == [24.0 * i for i in range(1, 11)]
+
+
+def test_cfg_robustness_only_class_conditional():
+    study = get_study("cfg-robustness")
+    assert study.runs("smoke") == [] and study.runs("cpu") == []
+    assert "class-conditional" in study.unsupported["cpu"]
+    runs = study.runs("l2")
+    assert len(runs) == 8
+    settings = {(r.config.objective.cfg.w, r.config.objective.cfg.kappa) for r in runs}
+    assert settings == {(1.0, 0.5), (0.5, 0.75), (1.0, 0.6), (0.2, 0.92)}
+    assert {r.tags["w_eff"] for r in runs} == {2.0, 2.5}
+
+
+def test_hashes_are_deterministic_and_root_independent():
+    a = [r.hash for r in get_study("o1-v-first").runs("cpu")]
+    b = [r.hash for r in get_study("o1-v-first").runs("cpu")]
+    assert a == b and len(set(a)) == len(a)
+    for r in get_study("o2-interval-bins").runs("cpu"):
+        assert not r.config.init.run_dir.startswith("/")
+
+
+def _toy_grid(lr: float):
+    def grid(scale: str) -> list[RunSpec]:
+        parent = base_config(scale, shared_prefix=True)
+        parent.phases = [v_only(2)]
+        parent.train.lr = lr
+        parent.train.keep_epochs = [2.0]
+        child = base_config(scale, shared_prefix=True)
+        child.phases = [v_only(2), joint(2)]
+        start_from(child, "parent", 2)
+        return [RunSpec("child", child), RunSpec("parent", parent)]  # out of order on purpose
+    return grid
+
+
+def test_child_hash_follows_parent_config():
+    def study(lr: float) -> Study:
+        return Study("toy-dep", "q", Metric("m"), Finding("c", "h", "trend", "x"), _toy_grid(lr))
+
+    one, two = study(1e-3).runs("smoke"), study(2e-3).runs("smoke")
+    assert [r.key for r in one] == ["parent/s0", "child/s0"]  # parents first
+    assert one[1].config.init.run_dir == f"smoke/toy-dep/{one[0].hash}"
+    assert one[1].hash != two[1].hash  # the child's config names its parent's hash
+
+
+def test_bad_grids_and_names_fail_clearly():
+    def missing(scale):
+        cfg = base_config(scale)
+        start_from(cfg, "nope", 1)
+        return [RunSpec("a", cfg)]
+
+    def cyclic(scale):
+        return [RunSpec("a", base_config(scale), depends_on=["b"]), RunSpec("b", base_config(scale), depends_on=["a"])]
+
+    finding = Finding("c", "h", "trend", "x")
+    with pytest.raises(RegistryError, match="depends on 'nope'"):
+        Study("bad", "q", Metric("m"), finding, missing).runs("smoke")
+    with pytest.raises(RegistryError, match="cycle"):
+        Study("bad", "q", Metric("m"), finding, cyclic).runs("smoke")
+    with pytest.raises(RegistryError, match="unknown study 'nope'"):
+        get_study("nope")
+    with pytest.raises(RegistryError, match="scale='tiny'"):
+        get_study("main").runs("tiny")
+    with pytest.raises(RegistryError, match="comparison"):
+        Finding("c", "h", "bigger", "x")
+    with pytest.raises(RegistryError, match="already registered"):
+        register(Study("main", "q", Metric("m"), finding, cyclic, module="someone.else"))
+
+
+def test_register_from_user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_lab_studies.py").write_text(textwrap.dedent('''
+        from experiments.registry import Finding, Metric, RunSpec, base_config, joint, register
+
+        @register(name="my-study", question="does my curriculum help?", metric=Metric("1-NFE"),
+                  finding=Finding("it helps", "new < vanilla", "better", "arm", "new", "vanilla"))
+        def my_study(scale):
+            runs = []
+            for arm, beta in (("vanilla", "none"), ("new", "progressive")):
+                cfg = base_config(scale)
+                cfg.phases = [joint(3)]
+                cfg.objective.beta = beta
+                runs.append(RunSpec(f"arm={arm}", cfg, tags={"arm": arm}))
+            return runs
+    '''))
+    (tmp_path / "empty_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = register_from_module("my_lab_studies")
+    assert [s.name for s in found] == ["my-study"]
+    assert get_study("my-study").count("cpu") == 6 and all_studies()[-1].name == "my-study"
+    with pytest.raises(RegistryError, match="registered no study"):
+        register_from_module("empty_mod")
+    with pytest.raises(RegistryError, match="cannot import"):
+        register_from_module("no_such_module_xyz")
+    sys.modules.pop("my_lab_studies", None)
