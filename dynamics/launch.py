@@ -263,7 +263,7 @@ def _check_slurm_jobs(runs: list[PlannedRun]) -> None:
 # execution
 
 
-def _prepare(run: PlannedRun, executor: str, root: Path) -> None:
+def _prepare(run: PlannedRun) -> None:
     """Archive a diverged run that restarts, and record the run's identity in run.json."""
     if run.action == "restart" and run.run_dir.exists():
         archive = run.run_dir.parent / ".archive" / f"{run.run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -324,7 +324,7 @@ def execute_debug(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
         if _readiness(run, by_uid, pending) != "ready":
             final[run.uid] = "blocked"
         else:
-            _prepare(run, "debug", root)
+            _prepare(run)
             executor = submitit.DebugExecutor(folder=_submitit_folder(root, run))
             job = executor.submit(RunJob(), run.config.to_dict(), str(run.run_dir), str(root))
             _record_job(run, "debug", str(job.job_id))
@@ -385,7 +385,7 @@ def execute_local(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
                 if gpus:
                     params.update(gpus_per_node=1, visible_gpus=(slot,))
                 executor.update_parameters(**params)
-                _prepare(run, "local", root)
+                _prepare(run)
                 job = executor.submit(RunJob(0 if gpus else 1), run.config.to_dict(), str(run.run_dir), str(root))
                 _record_job(run, "local", str(job.job_id))
                 running[run.uid] = (job, slot)
@@ -450,7 +450,7 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
             executor = submitit.SlurmExecutor(folder=_submitit_folder(root, group[0]) / "%j", **executor_kwargs)
             executor.update_parameters(**params)
             for run in group:
-                _prepare(run, "slurm", root)
+                _prepare(run)
             with executor.batch():
                 jobs = [executor.submit(RunJob(), r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
             for run, job in zip(group, jobs):

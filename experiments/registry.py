@@ -167,11 +167,6 @@ class RunSpec:
     tags: dict[str, Any] = field(default_factory=dict)
     hash: str = ""  # filled by Study.runs: config_hash of the resolved config
 
-    @property
-    def parent_epoch(self) -> float | None:
-        """The parent's checkpoint epoch this run starts from (None: it starts from scratch)."""
-        return self.config.init.epoch if self.config.init.run_dir else None
-
 
 @dataclass(frozen=True)
 class Metric:

@@ -277,3 +277,19 @@ def test_dry_run_prints_gpu_hours_with_the_example_profile(tmp_path):
     assert code == 0 and "GPU-hours" in text and "6 of 6 runs to train" in text
     assert "method=minsnr-lu/s0" in text and "--partition=" in text and "wave 0: main: array of 6" in text
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_job_with_two_tasks_trains_with_torch_distributed(tmp_path):
+    """Two tasks in one submitit job: torch.distributed from submitit's environment (gloo on CPU)."""
+    import submitit
+
+    from dynamics.launch import RunJob
+
+    cfg = base_config("smoke")
+    cfg.phases = [joint(20)]
+    executor = submitit.LocalExecutor(folder=tmp_path / ".submitit")
+    executor.update_parameters(timeout_min=5, tasks_per_node=2, gpus_per_node=0)
+    job = executor.submit(RunJob(1), cfg.to_dict(), str(tmp_path / "run"), str(tmp_path))
+    results = job.results()
+    assert len(results) == 2 and results[0]["state"] == "done"
+    assert read_status(tmp_path / "run")["state"] == "done"
