@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, apply_overrides, preset, preset_names
+from .config import SCALES, ConfigError, apply_overrides, preset, preset_names
 
 
 def _fail(message: str) -> int:
@@ -68,7 +68,6 @@ def _studies(names: str, register: list[str]) -> list:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from dynamics.config import SCALES
     from experiments.registry import RegistryError
 
     try:
@@ -119,9 +118,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_study_arguments(p: argparse.ArgumentParser) -> None:
-    from dynamics.config import SCALES
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
 
+    studies = _studies(args.study, args.register)
+    out = write_report(args.results, args.scale, studies)
+    print(f"wrote {out}")
+    print((Path(args.results) / args.scale / "verdicts.csv").read_text())
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Every registered study at a scale, then the report: what `make reproduce` runs."""
+    from .analysis.report import write_report
+    from .launch import launch
+
+    studies = _studies("all", args.register)
+    final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
+                   jobs=args.jobs, profile=args.profile, dry_run=args.dry_run, progress=not args.quiet)
+    if args.dry_run:
+        return 0
+    out = write_report(args.results, args.scale, studies)
+    print(f"report: {out}")
+    print((Path(args.results) / args.scale / "verdicts.csv").read_text())
+    unfinished = [uid for uid, state in final.items() if state != "done" and not state.startswith("submitted")]
+    if unfinished:
+        print(f"{len(unfinished)} runs did not finish; `dynamics status all --scale {args.scale}` lists them")
+    return 1 if unfinished else 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .metrics.paper_fid import run_fid
+
+    value = run_fid(args.run_dir, vae=args.vae, ref=args.ref, inception=args.inception, nfe=args.nfe,
+                    mode=args.mode, num=args.num, batch=args.batch, device=args.device, epoch=args.epoch)
+    print(f"FID ({args.num} samples, {args.nfe}-NFE {args.mode}): {value:.3f}")
+    return 0
+
+
+def _add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="a study name (see `dynamics studies`), a comma-separated list, or all")
     p.add_argument("--scale", required=True, choices=SCALES)
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the scale's)")
@@ -173,14 +208,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="state and progress of every run of a study")
     _add_study_arguments(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("analyze", help="tables, figures and a report with a verdict per finding")
+    _add_study_arguments(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("reproduce", help="run every study at a scale, then write the report")
+    p.add_argument("--scale", default="cpu", choices=SCALES)
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the scale's)")
+    p.add_argument("--executor", default="local", choices=("debug", "local", "slurm"))
+    p.add_argument("--profile", help="SLURM cluster profile, e.g. slurm/example.toml")
+    p.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per core)")
+    p.add_argument("--register", action="append", metavar="MODULE", help="import a module of more studies")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("fid", help="FID-50K of a paper-scale run (SD-VAE decode, Inception, ADM reference)")
+    p.add_argument("run_dir")
+    p.add_argument("--vae", required=True, help="local directory of stabilityai/sd-vae-ft-mse")
+    p.add_argument("--ref", required=True, help="ADM reference statistics, e.g. VIRTUAL_imagenet256_labeled.npz")
+    p.add_argument("--inception", default=None, help="local Inception weights (torch-fidelity's file)")
+    p.add_argument("--nfe", type=int, default=1)
+    p.add_argument("--mode", choices=("u", "v"), default="u")
+    p.add_argument("--num", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--epoch", type=float, default=None, help="a kept epoch checkpoint (default: the last)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_fid)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.registry import RegistryError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, RegistryError, FileNotFoundError) as exc:
         return _fail(str(exc))
 
 

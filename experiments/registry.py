@@ -186,7 +186,7 @@ class Metric:
         return {"smoke": "sw2", "cpu": "sw2", "digits": "fd_digits"}.get(scale, "fid")
 
 
-COMPARISONS = ("trend", "better", "best")
+COMPARISONS = ("trend", "better", "best", "threshold")
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ class Finding:
 
     comparison: trend  - the metric moves in `direction` (increasing | decreasing) as tag `tag` grows;
                 better - runs with tag value(s) `treatment` beat those with `control` (paired by seed);
-                best   - tag value `treatment` gives the best metric of all values of `tag`."""
+                best   - tag value `treatment` gives the best metric of all values of `tag`;
+                threshold - the metric as a share of its ceiling (noise-to-data) is below `treatment`."""
 
     claim: str
     holds_if: str
@@ -320,7 +321,7 @@ BUILTIN_MODULES = (
     "experiments.o1_v_first", "experiments.o1_fixed_budget", "experiments.o1_contaminated_v",
     "experiments.o2_interval_bins", "experiments.o3_task_affinity", "experiments.main",
     "experiments.k_schedule", "experiments.v_quality", "experiments.convergence",
-    "experiments.cfg_robustness",
+    "experiments.cfg_robustness", "experiments.calibration",
 )
 
 _REGISTRY: dict[str, Study] = {}

@@ -1,0 +1,174 @@
+"""Tables, figures and a report with a verdict per finding, from the results store alone.
+
+`write_report(root, scale, studies)` writes under `<root>/<scale>/`:
+- `report.md`: per study the question, the paper's finding, the verdict with effect and 95% CI, the table;
+- `verdicts.csv`; `tables/<study>.{csv,md,tex}`; `figures/<study>.{png,pdf}`.
+Studies are passed in (their metric and finding), so analysis never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..results import atomic_write_bytes, load_results
+from .verdicts import Verdict, arm_table, final_values, independent_tags, study_verdict, t_interval
+
+LARGE_DT_TASKS = ("u[0.5,0.7]", "u[0.7,0.9]")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table (numbers to 4 significant digits) without the optional `tabulate` dependency."""
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def _tag_names(study, scale: str) -> list[str]:
+    return sorted({k for spec in study.runs(scale, 1) for k in spec.tags if k != "seed"})
+
+
+def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[Verdict, pd.DataFrame]:
+    """Speed-up = control's final epoch / the epoch the treatment first reaches the control's final value."""
+    f = study.finding
+    rows = evals[(evals["metric"] == metric_name) & (evals["sampler"] == study.metric.sampler)
+                 & (evals["nfe"] == study.metric.nfe[0])]
+    speedups, table = [], []
+    for seed, by_seed in rows.groupby("seed"):
+        control = by_seed[by_seed[f.tag] == f.control].sort_values("epoch")
+        treated = by_seed[by_seed[f.tag] == f.treatment].sort_values("epoch")
+        if control.empty or treated.empty:
+            continue
+        target, final_epoch = float(control["value"].iloc[-1]), float(control["epoch"].iloc[-1])
+        reached = treated[(treated["value"] <= target) & (treated["epoch"] > 0)]
+        epoch = float(reached["epoch"].iloc[0]) if not reached.empty else math.inf
+        speedups.append(final_epoch / epoch if epoch > 0 else math.nan)
+        table.append({"seed": seed, "control_final": target, "epochs_to_target": epoch, "speedup": speedups[-1]})
+    mean, low, high = t_interval(np.array(speedups) - 1.0)
+    n = len(speedups)
+    if n == 0:
+        verdict = "inconclusive"
+    elif n < 2:
+        verdict = ("holds" if mean > 0 else "does not hold") + " (1 seed)"
+    else:
+        verdict = "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+    detail = f"speed-up {mean + 1:.2f}x (1.0 = none)" if n else "no evaluation curves yet"
+    return Verdict(study.name, f.claim, verdict, mean, low, high, n, detail), pd.DataFrame(table)
+
+
+def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
+    """O3: per init, the mean affinity between the v task and the large-dt u tasks (both directions)."""
+    f = study.finding
+    if not tas_csv.exists():
+        return (Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0,
+                        f"no {tas_csv.name}: run `dynamics tas --study {study.name} --scale ...`"), pd.DataFrame())
+    tas = pd.read_csv(tas_csv)
+    pairs = tas[((tas["source"] == "v") & tas["target"].isin(LARGE_DT_TASKS))
+                | ((tas["target"] == "v") & tas["source"].isin(LARGE_DT_TASKS))]
+    per_seed = pairs.groupby(["init", "seed"])["value"].mean().unstack("init")
+    table = per_seed.agg(["mean", "std", "count"]).T.reset_index()
+    if f.treatment not in per_seed or per_seed.shape[1] < 2:
+        return Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0, "inits missing"), table
+    runner_up = per_seed.drop(columns=f.treatment).mean().idxmax()
+    diff = (per_seed[f.treatment] - per_seed[runner_up]).dropna()
+    mean, low, high = t_interval(diff.to_numpy())
+    n = len(diff)
+    if n < 2:
+        verdict = ("holds" if mean > 0 else "does not hold") + " (1 seed)"
+    else:
+        verdict = "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+    return (Verdict(study.name, f.claim, verdict, mean, low, high, n,
+                    f"TAS(v <-> large dt): {f.treatment} minus runner-up {runner_up}"), table)
+
+
+def _figure(study, values: pd.DataFrame, tag: str, tags: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    independent = independent_tags(values, tag, tags)
+    hue = independent[0] if independent else ("nfe" if values["nfe"].nunique() > 1 else None)
+    sns.pointplot(data=values, x=tag, y="value", hue=hue, errorbar=("ci", 95), ax=ax, linestyle="none",
+                  dodge=0.3 if hue else False)
+    ceiling = float(values["ceiling"].mean())
+    if np.isfinite(ceiling):
+        ax.axhline(float(values["floor"].mean()), color="grey", ls=":", lw=1, label="floor (data vs data)")
+    ax.set_title(f"{study.name}: {study.metric.description}", fontsize=8)
+    ax.set_ylabel(str(values["metric"].iloc[0]))
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
+    plt.close(fig)
+
+
+def _write_table(table: pd.DataFrame, out: Path) -> None:
+    atomic_write_bytes(out.with_suffix(".csv"), table.to_csv(index=False).encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown_table(table).encode())
+    atomic_write_bytes(out.with_suffix(".tex"), table.to_latex(index=False, float_format="%.4g").encode())
+
+
+def analyze_study(study, scale: str, root: Path, evals: pd.DataFrame) -> tuple[Verdict, pd.DataFrame]:
+    """The verdict and the per-arm table of one study at one scale (figures and tables written)."""
+    metric = study.metric
+    name = metric.name(scale)
+    base = root / scale
+    if metric.kind == "tas":
+        verdict, table = tas_verdict(study, base / study.name / "tas.csv")
+    elif metric.kind == "epochs_to_target":
+        mine = evals[evals["study"] == study.name] if not evals.empty else evals
+        verdict, table = convergence_verdict(study, mine, replace(metric, kind="distance").name(scale))
+    else:
+        mine = evals[evals["study"] == study.name] if not evals.empty else evals
+        values = final_values(mine, name, metric.sampler, metric.nfe)
+        tags = _tag_names(study, scale)
+        verdict = study_verdict(study, values, tags + ["seed"])
+        table = arm_table(values, tags) if not values.empty else pd.DataFrame()
+        if not values.empty and study.finding.tag in values.columns:
+            _figure(study, values, study.finding.tag, tags, base / "figures" / study.name)
+    if not table.empty:
+        _write_table(table, base / "tables" / study.name)
+    return verdict, table
+
+
+def write_report(root: str | Path, scale: str, studies: list) -> Path:
+    """Analyse every study at `scale` and write report.md, verdicts.csv, tables and figures."""
+    root = Path(root)
+    evals = load_results(root, scale=scale, kind="evals")
+    lines = [f"# MeanFlow training dynamics: results at scale `{scale}`", "",
+             "Verdict per finding from the final evaluation of every run (mean over seeds, 95% t-interval). "
+             "Effects are oriented so that > 0 supports the paper's finding.", "",
+             "| study | finding | verdict | effect [95% CI] | seeds |", "|---|---|---|---|---|"]
+    sections, verdicts = [], []
+    for study in studies:
+        if scale in study.unsupported:
+            continue
+        verdict, table = analyze_study(study, scale, root, evals)
+        verdicts.append(verdict.as_row())
+        ci = "" if not math.isfinite(verdict.effect) else \
+            f"{verdict.effect:+.3g} [{verdict.ci_low:+.3g}, {verdict.ci_high:+.3g}]"
+        lines.append(f"| {study.name} | {study.finding.claim} | **{verdict.verdict}** | {ci} | {verdict.seeds} |")
+        sections += [f"## {study.name}: {study.question}", "",
+                     f"- Paper: {study.finding.claim}. Holds if {study.finding.holds_if}.",
+                     f"- Metric: {study.metric.description} (`{study.metric.name(scale)}`).",
+                     f"- Verdict: **{verdict.verdict}**. {verdict.detail}", ""]
+        if not table.empty:
+            sections += [markdown_table(table), ""]
+            if (root / scale / "figures" / f"{study.name}.png").exists():
+                sections += [f"![{study.name}](figures/{study.name}.png)", ""]
+    out = root / scale / "report.md"
+    atomic_write_bytes(out, ("\n".join(lines + [""] + sections) + "\n").encode())
+    atomic_write_bytes(root / scale / "verdicts.csv", pd.DataFrame(verdicts).to_csv(index=False).encode())
+    return out
