@@ -90,13 +90,11 @@ def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
 
 
 def _figure(study, values: pd.DataFrame, tag: str, tags: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure  # no pyplot: no global backend change, safe inside notebooks
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     independent = independent_tags(values, tag, tags)
     hue = independent[0] if independent else ("nfe" if values["nfe"].nunique() > 1 else None)
     sns.pointplot(data=values, x=tag, y="value", hue=hue, errorbar=("ci", 95), ax=ax, linestyle="none",
@@ -111,7 +109,6 @@ def _figure(study, values: pd.DataFrame, tag: str, tags: list[str], out: Path) -
     out.parent.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
-    plt.close(fig)
 
 
 def _write_table(table: pd.DataFrame, out: Path) -> None:
