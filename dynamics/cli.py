@@ -156,6 +156,49 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tas(args: argparse.Namespace) -> int:
+    """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
+    from experiments.registry import get_study
+
+    from .affinity import AffinityError, affinity_matrix, describe, study_affinity, task_affinity
+    from .results import atomic_write_bytes
+
+    settings = dict(method=args.method, batches=args.batches, optimizer=args.optimizer, lr=args.lr,
+                    recompute_target=not args.no_recompute_target, recompute_weight=args.recompute_weight,
+                    train_window=args.train_window,
+                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    note = "rows: the task stepped on (source); columns: the task whose loss is measured (target)"
+    try:
+        if args.study:
+            if args.targets or args.preset or args.tasks or args.out or args.epoch is not None:
+                return _fail("--study takes its tasks and runs from the registry and writes "
+                             "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch")
+            if not args.scale:
+                return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
+            frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds, **settings)
+            print(f"{describe(frame)}; {note}")
+            for init, part in frame.groupby("init", sort=False):
+                print(f"\ninit {init} (mean over {part['seed'].nunique()} seeds):")
+                print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
+            print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
+            return 0
+        if args.preset:
+            source = apply_overrides(preset(args.preset), args.targets)
+        elif len(args.targets) == 1:
+            source = args.targets[0]
+        else:
+            return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
+        frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
+    except AffinityError as exc:
+        return _fail(str(exc))
+    print(f"{describe(frame)}; {note}")
+    print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))
+    if args.out:
+        atomic_write_bytes(Path(args.out), frame.assign(**frame.attrs).to_csv(index=False).encode())
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="a study name (see `dynamics studies`), a comma-separated list, or all")
     p.add_argument("--scale", required=True, choices=SCALES)
@@ -237,6 +280,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=float, default=None, help="a kept epoch checkpoint (default: the last)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_fid)
+
+    p = sub.add_parser("tas", help="task affinity scores (TAS) of a run, a preset's fresh init, or a study's inits")
+    p.add_argument("targets", nargs="*", metavar="RUN_DIR | key=value",
+                   help="a run directory, or with --preset the preset's key=value overrides")
+    p.add_argument("--preset", help="a fresh init of this preset (train.seed=N picks the init)")
+    p.add_argument("--study", help="every init of a study with TAS tasks (o3-task-affinity), with --scale")
+    p.add_argument("--scale", choices=SCALES, help="with --study")
+    p.add_argument("--results", default="results", help="with --study: results root (default: results)")
+    p.add_argument("--seeds", type=int, default=None, help="with --study: seeds 0..N-1 (default: the scale's)")
+    p.add_argument("--tasks", help="comma-separated: v, u, both, u[a,b] (default: v,u)")
+    p.add_argument("--method", default="lookahead", choices=("lookahead", "cosine"))
+    p.add_argument("--batches", type=int, default=16, help="batches averaged over (default: 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
+                   help="lookahead step: a copy of the run's Adam state (default) or plain SGD")
+    p.add_argument("--lr", type=float, default=None, help="lookahead learning rate (default: the run's train.lr)")
+    p.add_argument("--no-recompute-target", action="store_true",
+                   help="keep the MeanFlow target computed at theta after the lookahead step")
+    p.add_argument("--recompute-weight", action="store_true",
+                   help="recompute the adaptive normaliser (D + c)^p after the lookahead step (default: keep theta's)")
+    p.add_argument("--train-window", type=int, default=0, metavar="K",
+                   help="K steps of the run's own training between measured batches (default 0: a snapshot)")
+    p.add_argument("--epoch", type=float, default=None, help="a kept epoch checkpoint (default: the last)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TAS draws (t, r, noise)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--out", help="write the long-format TAS table to this CSV")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tas)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""Task affinity (TAS): task strings, the lookahead against a hand computation, the frozen target, cosine, CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from dynamics.affinity import (
+    AffinityError,
+    affinity_matrix,
+    cosine_matrix,
+    lookahead_matrix,
+    parse_task,
+    parse_tasks,
+    task_affinity,
+    tasks_from_specs,
+)
+from dynamics.cli import main as cli_main
+from dynamics.config import apply_overrides, preset
+from dynamics.launch import launch
+from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample_sq_norm
+from dynamics.meanflow.target import mean_flow_target
+from dynamics.models.mlp import MLP
+from dynamics.train import train
+from experiments.registry import TaskSpec, dt_bin, get_study
+
+O3_TASKS = "v,u[0.1,0.3],u[0.3,0.5],u[0.5,0.7],u[0.7,0.9]"
+
+
+def _smoke(*overrides: str):
+    return apply_overrides(preset("smoke"), ["train.threads=1", *overrides])
+
+
+def _tiny(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(width=16, depth=2)
+
+
+def _batch(n: int = 64) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is ~100x faster than two contending ones on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tas") / "run"
+    train(_smoke("train.epochs=2"), run_dir)
+    return run_dir
+
+
+def test_task_strings():
+    assert parse_task("v") == TaskSpec("v", "v")
+    assert parse_task(" u ") == TaskSpec("u", "u")
+    assert parse_task("both") == TaskSpec("both", "both")
+    assert parse_task("u[0.10, 0.3]") == TaskSpec("u[0.1,0.3]", "u", dt_bin(0.1, 0.3))
+    assert [s.name for s in parse_tasks(O3_TASKS)] == [t.name for t in get_study("o3-task-affinity").tasks]
+    for bad, says in [("w", "'w' is not allowed"), ("u[0.5,0.2]", "0 <= a <= b <= 1"),
+                      ("v[0.1,0.3]", "only u takes a dt bin"), ("u[a,b]", "must be numbers"),
+                      ("u[0.1,0.3", "not allowed"), ("", "no task given")]:
+        with pytest.raises(AffinityError, match=says.replace("[", r"\[")):
+            parse_tasks(bad)
+    with pytest.raises(AffinityError, match="given twice"):
+        tasks_from_specs(_smoke(), ["v", "u", "v"])
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_lookahead_equals_hand_computed_sgd_step(p):
+    """theta' = theta - lr grad L_i, then Z(i -> j) = 1 - L_j(theta') / L_j(theta), with the same draws; by
+    default L_j(theta') keeps theta's adaptive normaliser (D + c)^p, recompute_weight=True recomputes it."""
+    cfg = _smoke(f"objective.adaptive_p={p}", "objective.beta=progressive")
+    tasks = tasks_from_specs(cfg, ["v", "u[0.1,0.3]", "both"])
+    model, x, lr, seed, step = _tiny(), _batch(), 0.05, 123, 4
+    theta = copy.deepcopy(model.state_dict())
+    z = lookahead_matrix(model, tasks, x, None, seed, lr=lr, step=step)
+    z_recomputed = lookahead_matrix(model, tasks, x, None, seed, lr=lr, step=step, recompute_weight=True)
+    assert all(torch.equal(theta[k], v) for k, v in model.state_dict().items())  # weights restored
+
+    def output(task, net):
+        gen = torch.Generator().manual_seed(seed)
+        t, r, e, _, n_v = task.loss_fn.draw(x, None, gen)
+        return task.loss_fn.loss(net, x, e, t, r, None, n_v=n_v, step=step, gen=gen)
+
+    for i, task_i in enumerate(tasks):
+        grads = torch.autograd.grad(output(task_i, model).loss, list(model.parameters()))
+        stepped = copy.deepcopy(model)
+        with torch.no_grad():
+            for param, g in zip(stepped.parameters(), grads):
+                param -= lr * g
+        for j, task_j in enumerate(tasks):
+            before, after = output(task_j, model), output(task_j, stepped)
+            norm = (before.D + task_j.loss_fn.c) ** p
+            expected = 1 - (before.weight * after.D / norm).mean().item() / before.loss.item()
+            assert z[i, j].item() == pytest.approx(expected, rel=1e-5, abs=1e-7), (i, j)
+            expected = 1 - after.loss.item() / before.loss.item()
+            assert z_recomputed[i, j].item() == pytest.approx(expected, rel=1e-5, abs=1e-7), (i, j)
+
+
+def test_self_affinity_positive_and_identical_tasks_equal():
+    cfg = _smoke()
+    same = dt_bin(0.1, 0.3)
+    tasks = tasks_from_specs(cfg, [TaskSpec("a", "u", same), TaskSpec("b", "u", same), TaskSpec("v", "v")])
+    model, x = _tiny(), _batch()
+    for optimizer in (None, torch.optim.Adam(model.parameters(), lr=1e-3)):
+        z = lookahead_matrix(model, tasks, x, None, 7, lr=1e-3, optimizer=optimizer)
+        assert z[0, 0] > 0 and z[2, 2] > 0  # a small step on a task lowers its own loss
+        assert z[0, 1] == z[0, 0] and z[1, 0] == z[0, 0] and z[1, 1] == z[0, 0]  # identical tasks, identical Z
+
+
+def test_adam_lookahead_uses_a_copy_of_the_optimiser_state():
+    cfg = _smoke()
+    tasks = tasks_from_specs(cfg, ["v", "u"])
+    model, x = _tiny(), _batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    for _ in range(3):  # give Adam some state
+        opt.zero_grad()
+        model(x, torch.zeros(len(x)), torch.ones(len(x))).pow(2).mean().backward()
+        opt.step()
+    state = copy.deepcopy(opt.state_dict())
+    z = lookahead_matrix(model, tasks, x, None, 3, lr=1e-2, optimizer=opt, recompute_weight=True)
+    after = opt.state_dict()
+    for k, v in state["state"].items():
+        assert all(torch.equal(v[n], after["state"][k][n]) for n in v)  # the run's optimiser is untouched
+    # the same as stepping a copy of (model, optimiser) by hand
+    twin = copy.deepcopy(model)
+    twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    twin_opt.load_state_dict(copy.deepcopy(state))
+    gen = torch.Generator().manual_seed(3)
+    t, r, e, _, n_v = tasks[0].loss_fn.draw(x, None, gen)
+    tasks[0].loss_fn.loss(twin, x, e, t, r, None, n_v=n_v, gen=gen).loss.backward()
+    twin_opt.step()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(3)
+        t, r, e, _, n_v = tasks[0].loss_fn.draw(x, None, gen)
+        before = tasks[0].loss_fn.loss(model, x, e, t, r, None, n_v=n_v).loss.item()
+        after_step = tasks[0].loss_fn.loss(twin, x, e, t, r, None, n_v=n_v).loss.item()
+    assert z[0, 0].item() == pytest.approx(1 - after_step / before, rel=1e-5)
+
+
+@pytest.mark.parametrize("jvp", ["rows", "full"])
+def test_frozen_target_equals_the_target_from_theta(jvp):
+    cfg = _smoke(f"objective.jvp={jvp}")
+    tasks = tasks_from_specs(cfg, ["u[0.1,0.3]", "u[0.5,0.7]"])
+    model, x, lr, seed = _tiny(), _batch(), 0.1, 11
+    on = lookahead_matrix(model, tasks, x, None, seed, lr=lr)
+    off = lookahead_matrix(model, tasks, x, None, seed, lr=lr, recompute_target=False)
+    assert not torch.allclose(on, off, rtol=1e-3, atol=0)  # the target moves with theta
+
+    task, other = tasks
+    gen = torch.Generator().manual_seed(seed)
+    t, r, e, _, n_v = task.loss_fn.draw(x, None, gen)
+    stepped = copy.deepcopy(model)
+    grads = torch.autograd.grad(task.loss_fn.loss(model, x, e, t, r, None, n_v=n_v).loss, list(model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(stepped.parameters(), grads):
+            p -= lr * g
+    for j, tj in enumerate(tasks):
+        gen = torch.Generator().manual_seed(seed)
+        t, r, e, _, n_v = tj.loss_fn.draw(x, None, gen)
+        z_t, v = interpolate(x, e, t), conditional_velocity(x, e)
+        _, u_tgt = mean_flow_target(model, z_t, r, t, v, None, n_v=n_v)  # the target at theta
+        with torch.no_grad():
+            before = tj.loss_fn.loss(model, x, e, t, r, None, n_v=n_v)
+            D = per_sample_sq_norm(stepped(z_t, r, t) - u_tgt)
+            after = (D / (before.D + tj.loss_fn.c) ** tj.loss_fn.p).mean().item()
+        assert off[0, j].item() == pytest.approx(1 - after / before.loss.item(), rel=1e-5, abs=1e-7)
+
+
+def test_cosine_of_a_task_with_itself_is_one():
+    cfg = _smoke()
+    tasks = tasks_from_specs(cfg, ["v", "u[0.1,0.3]", "u[0.7,0.9]"])
+    c = cosine_matrix(_tiny(), tasks, _batch(), None, 5)
+    assert torch.allclose(c.diagonal(), torch.ones(3, dtype=c.dtype), atol=1e-6)
+    assert torch.allclose(c, c.T) and (c.abs() <= 1 + 1e-6).all()
+
+
+def test_task_affinity_frame_deterministic_and_train_window(smoke_run):
+    kw = dict(batches=2, batch_size=64)
+    a = task_affinity(smoke_run, "v,u[0.1,0.3]", **kw)
+    b = task_affinity(smoke_run, "v,u[0.1,0.3]", **kw)
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns) == ["source", "target", "method", "mean", "std", "n"] and (a["n"] == 2).all()
+    assert a.attrs["step"] == 20 and a.attrs["optimizer"] == "adam" and a.attrs["recompute_target"]
+    assert list(affinity_matrix(a).index) == ["v", "u[0.1,0.3]"]
+    fresh = task_affinity(_smoke("train.epochs=4"), ["v", "u"], train_window=3, **kw)
+    assert fresh.attrs["step"] == 0 and fresh["mean"].notna().all()
+    with pytest.raises(AffinityError, match="past the run's 20 steps"):
+        task_affinity(smoke_run, "v", train_window=5, batches=3)
+    with pytest.raises(AffinityError, match="method='dot'"):
+        task_affinity(smoke_run, "v", method="dot")
+
+
+def test_cli_run_dir_preset_and_bad_task(smoke_run, tmp_path, capsys):
+    out = tmp_path / "tas.csv"
+    rc = cli_main(["tas", str(smoke_run), "--tasks", "v,u[0.1,0.3],u[0.7,0.9]", "--batches", "2",
+                   "--batch-size", "64", "--out", str(out), "--quiet"])
+    assert rc == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 9 and {"source", "target", "method", "mean", "std", "n", "lr"} <= set(frame.columns)
+    assert "u[0.7,0.9]" in capsys.readouterr().out
+    rc = cli_main(["tas", "--preset", "smoke", "train.seed=3", "--tasks", "v,u", "--method", "cosine",
+                   "--batches", "1", "--quiet"])
+    assert rc == 0
+    assert cli_main(["tas", str(smoke_run), "--tasks", "v,u[0.9,0.1]"]) == 2
+    assert "task 'u[0.9,0.1]': the bin needs 0 <= a <= b <= 1" in capsys.readouterr().err
+
+
+def test_cli_study_writes_tas_csv(tmp_path, capsys):
+    args = ["tas", "--study", "o3-task-affinity", "--scale", "smoke", "--results", str(tmp_path), "--batches", "1",
+            "--batch-size", "32", "--quiet"]
+    assert cli_main(args) == 2
+    assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
+    launch([get_study("o3-task-affinity")], "smoke", executor="debug", root=tmp_path, progress=False)
+    assert cli_main(args) == 0
+    frame = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
+    assert {"init", "seed", "source", "target", "method", "value"} <= set(frame.columns)
+    assert list(dict.fromkeys(frame["init"])) == ["random", "v-only", "u-small"] and len(frame) == 3 * 25
+    assert (frame.groupby("init")["step"].first() > 0).to_dict() == {"random": False, "u-small": True, "v-only": True}
