@@ -138,6 +138,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    jobs=args.jobs, profile=args.profile, dry_run=args.dry_run, progress=not args.quiet)
     if args.dry_run:
         return 0
+    from .affinity import AffinityError, study_affinity
+
+    for study in studies:  # TAS studies (o3) are measured on their finished init runs
+        if study.metric.kind == "tas" and args.scale not in study.unsupported:
+            try:
+                study_affinity(study, args.scale, args.results, args.seeds)
+            except AffinityError as exc:
+                print(f"dynamics: TAS for {study.name} skipped: {exc}", file=sys.stderr)
     out = write_report(args.results, args.scale, studies)
     print(f"report: {out}")
     print((Path(args.results) / args.scale / "verdicts.csv").read_text())
