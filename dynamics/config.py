@@ -156,7 +156,7 @@ class ObjectiveConfig:
     beta_k: float = 1.0
     contamination_k: float = 0.0  # v-term target noise of norm k |v|
     cfg: CFGConfig = field(default_factory=CFGConfig)
-    jvp: str = "rows"  # rows (tangent only for r != t rows) | full (whole batch, peers' way)
+    jvp: str = "rows"  # rows | fused | compiled | full: how the JVP target is computed (meanflow/target.py)
 
     def validate(self) -> None:
         self.sampler.validate()
@@ -165,7 +165,7 @@ class ObjectiveConfig:
         _choice("objective.alpha", self.alpha, ("none", "minsnr"))
         _choice("objective.v_sampling", self.v_sampling, ("base", "dtd"))
         _choice("objective.beta", self.beta, ("none", "progressive"))
-        _choice("objective.jvp", self.jvp, ("rows", "full"))
+        _choice("objective.jvp", self.jvp, ("rows", "fused", "compiled", "full"))
         if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
             raise ConfigError("objective.minsnr_gamma, objective.beta_k must be > 0, contamination_k >= 0")
         self.dtd.validate()
