@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         studies = _studies(args.study, args.register)
         final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
                        jobs=args.jobs, profile=args.profile, rerun_failed=args.rerun_failed,
-                       dry_run=args.dry_run, progress=not args.quiet)
+                       dry_run=args.dry_run, progress=not args.quiet, overrides=args.overrides)
     except RegistryError as exc:
         return _fail(str(exc))
     bad = [uid for uid, state in final.items() if state != "done" and not state.startswith("submitted")]
@@ -107,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         studies = _studies(args.study, args.register)
         for study in studies:
-            runs = plan([study], args.scale, args.results, args.seeds)
+            runs = plan([study], args.scale, args.results, args.seeds, overrides=args.overrides)
             print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
             if scale_note := study.unsupported.get(args.scale):
                 print(f"  no runs at this scale: {scale_note}")
@@ -135,7 +135,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     studies = _studies("all", args.register)
     final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
-                   jobs=args.jobs, profile=args.profile, dry_run=args.dry_run, progress=not args.quiet)
+                   jobs=args.jobs, profile=args.profile, dry_run=args.dry_run, progress=not args.quiet,
+                   overrides=args.overrides)
     if args.dry_run:
         return 0
     from .affinity import AffinityError, study_affinity
@@ -214,6 +215,7 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--register", action="append", metavar="MODULE",
                    help="import a module that registers more studies (repeatable)")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. data.path=/datasets/latents")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="append", metavar="MODULE", help="import a module of more studies")
     p.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. data.path=/datasets/latents")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("fid", help="FID-50K of a paper-scale run (SD-VAE decode, Inception, ADM reference)")
@@ -322,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from experiments.registry import RegistryError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may stand anywhere among the options
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except (ConfigError, RegistryError, FileNotFoundError) as exc:

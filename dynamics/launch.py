@@ -211,12 +211,13 @@ def parent_ready(child: PlannedRun, parent: PlannedRun) -> bool:
 
 
 def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | None = None,
-         rerun_failed: bool = False) -> list[PlannedRun]:
-    """Every run of `studies` at `scale`, parents first, with its state in the store and what to do."""
+         rerun_failed: bool = False, overrides: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of `studies` at `scale`, parents first, with its state in the store and what to do.
+    `overrides` (key=value) apply to every run's config, e.g. the data path at cluster scales."""
     root = Path(root).resolve()
     out: list[PlannedRun] = []
     for study in studies:
-        for spec in study.runs(scale, seeds):
+        for spec in study.runs(scale, seeds, overrides):
             run_dir = root / scale / study.name / spec.hash
             status = read_status(run_dir)
             state = run_state(run_dir, status)
@@ -602,7 +603,8 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
 
 def launch(studies: list, scale: str, executor: str = "local", root: str | Path = "results",
            seeds: int | None = None, jobs: int | None = None, profile: str | Path | None = None,
-           rerun_failed: bool = False, dry_run: bool = False, progress: bool = True) -> dict[str, str]:
+           rerun_failed: bool = False, dry_run: bool = False, progress: bool = True,
+           overrides: list[str] | None = None) -> dict[str, str]:
     """Plan the studies' grids at `scale` and execute what is not done; returns {run uid: final state}."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r} is not allowed; choose one of {', '.join(EXECUTORS)}")
@@ -613,7 +615,7 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     for study in studies:
         if scale in study.unsupported:
             print(f"{study.name}: no runs at scale {scale}: {study.unsupported[scale]}")
-    runs = plan(studies, scale, root, seeds, rerun_failed)
+    runs = plan(studies, scale, root, seeds, rerun_failed, overrides)
     by_uid = {r.uid: r for r in runs}
     todo = [r for r in runs if r.action in TO_EXECUTE]
     n_jobs = jobs or os.cpu_count() or 1

@@ -41,6 +41,7 @@ from dynamics.config import (
     PhaseConfig,
     RunConfig,
     SamplerConfig,
+    apply_overrides,
     preset,
 )
 from dynamics.results import config_hash
@@ -239,7 +240,7 @@ class Study:
     def default_seeds(self, scale: str) -> int:
         return self.seeds.get(scale, check_scale(scale).seeds)
 
-    def runs(self, scale: str, seeds: int | None = None) -> list[RunSpec]:
+    def runs(self, scale: str, seeds: int | None = None, overrides: list[str] | None = None) -> list[RunSpec]:
         """Every run at `scale` for seeds 0 .. seeds-1, parents first, each with its resolved config and hash."""
         check_scale(scale)
         if scale in self.unsupported:
@@ -249,10 +250,10 @@ class Study:
             raise RegistryError(f"seeds={n} must be >= 1")
         out: list[RunSpec] = []
         for seed in range(n):
-            out.extend(self._one_seed(scale, seed))
+            out.extend(self._one_seed(scale, seed, overrides or []))
         return out
 
-    def _one_seed(self, scale: str, seed: int) -> list[RunSpec]:
+    def _one_seed(self, scale: str, seed: int, overrides: list[str]) -> list[RunSpec]:
         specs = self.grid(scale)
         keys = [s.key for s in specs]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
@@ -262,6 +263,11 @@ class Study:
         by_key: dict[str, RunSpec] = {}
         for s in specs:
             cfg = copy.deepcopy(s.config)
+            if overrides:  # e.g. data.path=/datasets/in256_latents, applied to every run (and its hash)
+                try:
+                    cfg = apply_overrides(cfg, overrides)
+                except ConfigError as exc:
+                    raise RegistryError(f"study {self.name}, run {s.key}: {exc}") from None
             cfg.train.seed = seed
             cfg.scale = scale
             cfg.name = f"{self.name}/{s.key}{suffix}"
