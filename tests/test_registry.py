@@ -267,3 +267,12 @@ def test_register_from_user_module(tmp_path, monkeypatch):
     with pytest.raises(RegistryError, match="cannot import"):
         register_from_module("no_such_module_xyz")
     sys.modules.pop("my_lab_studies", None)
+
+
+def test_overrides_apply_to_every_run_and_name_bad_keys():
+    plain = get_study("main").runs("b4")
+    moved = get_study("main").runs("b4", overrides=["data.path=/datasets/in256"])
+    assert all(r.config.data.path == "/datasets/in256" for r in moved)
+    assert {r.hash for r in plain}.isdisjoint({r.hash for r in moved})  # another data set, other run dirs
+    with pytest.raises(RegistryError, match="unknown key 'data.pth'"):
+        get_study("main").runs("b4", overrides=["data.pth=/x"])
