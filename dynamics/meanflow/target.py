@@ -21,8 +21,9 @@ Measured by benchmarks/step_cost.py:
   batch. The u rows are evaluated twice, but the tangent is never recorded and the JVP's temporaries
   are gone before the graph is built: peak memory as flow matching's.
 - `fused`: a plain forward on the v rows and one JVP on the u rows whose primal output carries the
-  graph, so no row is evaluated twice; but eager autograd also records the tangent's computation,
-  which costs memory (about +40% at the default mix, x2.5 or more in a u-only phase).
+  graph, so no row is evaluated twice; but eager autograd also records the tangent's computation, and
+  the activations saved for the backward hold their tangents until the JVP ends: about +40% peak
+  memory at the default mix, x2.5 or more in a u-only phase.
 - `compiled`: `fused` traced by torch.compile (with torch.func.jvp). The compiler keeps for the
   backward only what the loss needs, so the tangent's intermediates are dropped (memory as `rows`,
   time as `fused` or better); it compiles once per batch layout (tens of seconds on CPU) and wants
