@@ -19,7 +19,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check dynamics experiments tests benchmarks
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -x tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check dynamics experiments tests benchmarks
