@@ -36,11 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..results import atomic_path, atomic_write_json
+
 SCALE_FACTOR = 0.18215
 VAE_NAME = "stabilityai/sd-vae-ft-mse"
 INDEX_FILE = "index.json"
 _EXPECTED = (
-    "a directory of shard_XXXXX.npz files (arrays 'latents' [N,4,32,32] float16/32 already scaled by 0.18215 "
+    "a directory of shard_NNNNN.npz files (arrays 'latents' [N,4,32,32] float16/32 already scaled by 0.18215 "
     "and 'labels' [N] int64) plus index.json; create it with `python -m dynamics.data.extract_latents`"
 )
 
@@ -200,12 +202,6 @@ class LatentShards:
         return x, y
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Streams (latents, labels) into fixed-size shards, so extraction never holds all latents in memory.
 
@@ -244,10 +240,8 @@ class ShardWriter:
     def _flush(self, n: int) -> None:
         lat, lab = np.concatenate(self._lat), np.concatenate(self._lab)
         name = f"shard_{len(self.shards):05d}.npz"
-        tmp = self.out_dir / (name + ".tmp")
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a str name
-            np.savez(f, latents=lat[:n], labels=lab[:n])
-        os.replace(tmp, self.out_dir / name)
+        with atomic_path(self.out_dir / name) as tmp, open(tmp, "wb") as f:
+            np.savez(f, latents=lat[:n], labels=lab[:n])  # a file object: savez would append ".npz" to a name
         self.shards.append({"file": name, "count": int(n)})
         self._lat, self._lab = [lat[n:].copy()], [lab[n:].copy()]
         self._pending = len(lab) - n
@@ -258,7 +252,7 @@ class ShardWriter:
             self._flush(self._pending)
         index = {"num_samples": sum(s["count"] for s in self.shards), "shards": self.shards, **self.meta,
                  **(extra or {})}
-        _atomic_json(self.out_dir / INDEX_FILE, index)
+        atomic_write_json(self.out_dir / INDEX_FILE, index)
         return index
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dynamics.data.digits import Digits, real_images
+from dynamics.results import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -222,21 +222,6 @@ def train_digits_classifier(
     return model
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def ensure_digits_classifier(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
     """Path of the cached classifier, training and caching it first if it is not there yet."""
     path = digits_classifier_path(seed, cache_dir)
@@ -248,7 +233,7 @@ def ensure_digits_classifier(seed: int = 0, cache_dir: str | Path | None = None)
             "test_accuracy": model.test_accuracy,
             "state_dict": model.state_dict(),
         }
-        _atomic_torch_save(checkpoint, path)
+        atomic_torch_save(path, checkpoint)
     return path
 
 
