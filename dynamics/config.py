@@ -70,6 +70,7 @@ class ModelConfig:
     # DiT
     size: str = "tiny"
     patch_size: int = 0  # 0 = the size's own patch (tiny: 2)
+    time_scale: float = 1000.0  # DiT: times are multiplied by this before the sinusoidal features
 
     def validate(self) -> None:
         _choice("model.name", self.name, MODELS)

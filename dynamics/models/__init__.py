@@ -15,7 +15,7 @@ def build_model(cfg: ModelConfig, data_shape: tuple[int, ...], num_classes: int 
 
     channels, size = data_shape[0], data_shape[-1]
     return build_dit(cfg.size, input_size=size, in_channels=channels, num_classes=num_classes,
-                     patch_size=cfg.patch_size or None)
+                     patch_size=cfg.patch_size or None, time_scale=cfg.time_scale)
 
 
 __all__ = ["MLP", "build_model"]

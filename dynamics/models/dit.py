@@ -232,10 +232,10 @@ class DiT(nn.Module):
 
 
 def build_dit(name: str, input_size: int, in_channels: int, num_classes: int,
-              patch_size: int | None = None) -> DiT:
+              patch_size: int | None = None, time_scale: float = 1000.0) -> DiT:
     """Build a named DiT; patch_size overrides the one in the name (required to vary for "tiny")."""
     cfg = dit_config(name)
     patch = patch_size if patch_size is not None else (cfg["patch_size"] or 2)
     return DiT(input_size=input_size, in_channels=in_channels, patch_size=patch,
                hidden_size=cfg["hidden_size"], depth=cfg["depth"], num_heads=cfg["num_heads"],
-               num_classes=num_classes)
+               num_classes=num_classes, time_scale=time_scale)
