@@ -6,17 +6,7 @@ of them with u-only training for the rest of the 80 epochs (E_v = 0 trains u alo
 
 from __future__ import annotations
 
-from .registry import (
-    CONSTANT_LR_NOTE,
-    Finding,
-    Metric,
-    RunSpec,
-    base_config,
-    register,
-    start_from,
-    u_only,
-    v_only,
-)
+from .registry import CONSTANT_LR_NOTE, Finding, Metric, RunSpec, register, v_pretrain_then_u
 
 E_V = (0, 10, 20, 30, 40)
 BUDGET = 80
@@ -32,14 +22,4 @@ BUDGET = 80
     notes=(CONSTANT_LR_NOTE, "the grid shares one 40-epoch v-only run (checkpoints at 10/20/30/40)"),
 )
 def o1_fixed_budget(scale: str) -> list[RunSpec]:
-    parent = base_config(scale, shared_prefix=True)
-    parent.phases = [v_only(max(E_V))]
-    parent.train.keep_epochs = [float(e) for e in E_V if e > 0]
-    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "v_epochs": max(E_V)})]
-    for e_v in E_V:
-        cfg = base_config(scale, shared_prefix=True)
-        cfg.phases = ([v_only(e_v)] if e_v else []) + [u_only(BUDGET - e_v)]
-        if e_v:
-            start_from(cfg, "v-pretrain", e_v)
-        runs.append(RunSpec(f"E_v={e_v}", cfg, tags={"role": "fine-tune", "E_v": e_v, "E_u": BUDGET - e_v}))
-    return runs
+    return v_pretrain_then_u(scale, E_V, lambda e_v: BUDGET - e_v)

@@ -8,17 +8,7 @@ step counter, optimiser state and EMA, as one run that switches its loss would (
 
 from __future__ import annotations
 
-from .registry import (
-    CONSTANT_LR_NOTE,
-    Finding,
-    Metric,
-    RunSpec,
-    base_config,
-    register,
-    start_from,
-    u_only,
-    v_only,
-)
+from .registry import CONSTANT_LR_NOTE, Finding, Metric, RunSpec, register, v_pretrain_then_u
 
 E_V = (0, 5, 10, 15, 20)
 U_EPOCHS = 60
@@ -34,14 +24,4 @@ U_EPOCHS = 60
     notes=(CONSTANT_LR_NOTE, "the five fine-tunes share one 20-epoch v-only run (checkpoints at 5/10/15/20)"),
 )
 def o1_v_first(scale: str) -> list[RunSpec]:
-    parent = base_config(scale, shared_prefix=True)
-    parent.phases = [v_only(max(E_V))]
-    parent.train.keep_epochs = [float(e) for e in E_V if e > 0]
-    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "v_epochs": max(E_V)})]
-    for e_v in E_V:
-        cfg = base_config(scale, shared_prefix=True)
-        cfg.phases = ([v_only(e_v)] if e_v else []) + [u_only(U_EPOCHS)]
-        if e_v:
-            start_from(cfg, "v-pretrain", e_v)
-        runs.append(RunSpec(f"E_v={e_v}", cfg, tags={"role": "fine-tune", "E_v": e_v, "E_u": U_EPOCHS}))
-    return runs
+    return v_pretrain_then_u(scale, E_V, lambda e_v: U_EPOCHS)

@@ -154,6 +154,22 @@ def start_from(cfg: RunConfig, parent_key: str, epoch: float) -> RunConfig:
     return cfg
 
 
+def v_pretrain_then_u(scale: str, e_v_values: tuple[int, ...], u_epochs: Callable[[int], float]) -> list[RunSpec]:
+    """O1's grid shape: one shared v-only run of max(E_v) epochs (checkpoints kept at each E_v), and per E_v a
+    fine-tune that continues its checkpoint with `u_epochs(E_v)` epochs of u-only training (E_v = 0: u alone)."""
+    parent = base_config(scale, shared_prefix=True)
+    parent.phases = [v_only(max(e_v_values))]
+    parent.train.keep_epochs = [float(e) for e in e_v_values if e > 0]
+    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "v_epochs": max(e_v_values)})]
+    for e_v in e_v_values:
+        cfg = base_config(scale, shared_prefix=True)
+        cfg.phases = ([v_only(e_v)] if e_v else []) + [u_only(u_epochs(e_v))]
+        if e_v:
+            start_from(cfg, "v-pretrain", e_v)
+        runs.append(RunSpec(f"E_v={e_v}", cfg, tags={"role": "fine-tune", "E_v": e_v, "E_u": u_epochs(e_v)}))
+    return runs
+
+
 # ----------------------------------------------------------------------------------------------------
 # study description
 
