@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dynamics.config import preset
 
-from .registry import Finding, Metric, RunSpec, register
+from .registry import U_BAR, Finding, Metric, Reference, RunSpec, register
 
 THRESHOLD = 0.2  # 1-NFE distance below 20% of the noise-to-data distance
 
@@ -21,6 +21,7 @@ THRESHOLD = 0.2  # 1-NFE distance below 20% of the noise-to-data distance
     finding=Finding("vanilla 1-NFE samples are far closer to the data than noise is",
                     holds_if=f"1-NFE distance < {THRESHOLD:g} x the noise-to-data distance",
                     comparison="threshold", tag="arm", treatment=THRESHOLD),
+    reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
     notes=("the scale's preset as it is (its own steps, schedule and evaluation), not the study budgets",),
 )
 def calibration(scale: str) -> list[RunSpec]:

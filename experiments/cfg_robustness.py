@@ -7,7 +7,18 @@ labels, so it runs from the digits scale up; the toy 2-D scales have no runs.
 
 from __future__ import annotations
 
-from .registry import SCALE_SETTINGS, Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import (
+    SCALE_SETTINGS,
+    U_BAR,
+    Finding,
+    Metric,
+    Reference,
+    RunSpec,
+    base_config,
+    full_method,
+    joint,
+    register,
+)
 
 SETTINGS = ((1.0, 0.5), (0.5, 0.75), (1.0, 0.6), (0.2, 0.92))  # (w, kappa): w' = 2.0, 2.0, 2.5, 2.5
 EPOCHS = 240
@@ -22,6 +33,7 @@ UNCONDITIONAL = "needs class-conditional data (digits and up); the toy 2-D data 
                     holds_if="full < vanilla at every (w, kappa) setting", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
     unsupported={scale: UNCONDITIONAL for scale, s in SCALE_SETTINGS.items() if not s.class_conditional},
+    reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
     notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",),
 )
 def cfg_robustness(scale: str) -> list[RunSpec]:

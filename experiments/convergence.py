@@ -5,7 +5,7 @@ At paper scale FID is computed from the kept checkpoints; at small scales the ev
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import U_BAR, Finding, Metric, Reference, RunSpec, base_config, full_method, joint, register
 
 EPOCHS = 240
 EVERY = 24
@@ -19,6 +19,7 @@ EVERY = 24
     finding=Finding("the full method reaches vanilla's final quality sooner (XL/2 2.5x, L/2 2.3x, M/2 2.1x)",
                     holds_if="speed-up = 240 / (full's epochs to vanilla's final metric) > 1",
                     comparison="better", tag="arm", treatment="full", control="vanilla"),
+    reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
     notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",
            f"evaluation and a kept checkpoint every {EVERY} epochs"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dynamics.config import METHODS
 
-from .registry import Finding, Metric, RunSpec, base_config, joint, register
+from .registry import U_BAR, Finding, Metric, Reference, RunSpec, base_config, joint, register
 
 EPOCHS = 240
 
@@ -18,6 +18,7 @@ EPOCHS = 240
                     holds_if="every method's metric is below vanilla's, and a +L_u combination is the best",
                     comparison="better", tag="method", treatment=tuple(m for m in METHODS if m != "vanilla"),
                     control="vanilla"),
+    reference=(Reference({"method": "vanilla"}, U_BAR, label="vanilla"),),
 )
 def main(scale: str) -> list[RunSpec]:
     runs = []

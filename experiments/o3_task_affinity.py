@@ -10,8 +10,11 @@ from __future__ import annotations
 from .o2_interval_bins import BINS
 from .registry import (
     CONSTANT_LR_NOTE,
+    SMALL_DT_V_BAR,
+    V_BAR,
     Finding,
     Metric,
+    Reference,
     RunSpec,
     TaskSpec,
     base_config,
@@ -35,6 +38,8 @@ TASKS = (TaskSpec("v", "v"),) + tuple(TaskSpec(f"u{bin_label(lo, hi)}", "u", dt_
     finding=Finding("both warm-ups beat random; the small-dt warm-up has the highest affinity to large-dt bins",
                     holds_if="TAS to the large-dt bins: u-small init > v-only init > random init",
                     comparison="best", tag="init", treatment="u-small", control="random"),
+    reference=(Reference({"init": "v-only"}, V_BAR, "v", 32, label="v-only warm-up"),
+               Reference({"init": "u-small"}, SMALL_DT_V_BAR, "v", 32, label="small-dt warm-up")),
     notes=(CONSTANT_LR_NOTE, "the random init is not a run: TAS starts from a freshly initialised model"),
     tasks=TASKS,
     task_inits={"random": None, "v-only": "init=v-only", "u-small": f"init=u{bin_label(*SMALL_BIN)}"},

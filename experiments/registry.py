@@ -231,6 +231,45 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Runs a study's verdict stands on, and how close to the data they must get for it to count.
+
+    `runs`: tag values that select the reference runs (e.g. {"role": "v-pretrain"}); `bar`: the largest allowed
+    share of the noise-to-data distance, value / ceiling, of their final `sampler`/`nfe` evaluation (mean over
+    seeds, per grid point; a blown-up or diverged run counts as the ceiling). A study whose reference misses
+    its bar is reported as "not in the learning regime" (DESIGN section 4)."""
+
+    runs: dict[str, Any]
+    bar: float
+    sampler: str = "u"  # u: few-step with u; v: Euler with v = u(z, t, t)
+    nfe: int = 1
+    label: str = ""  # how the report names the runs; default: their tags
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise RegistryError("Reference.runs must name at least one tag, e.g. {'method': 'vanilla'}")
+        if not 0.0 < self.bar <= 1.0:
+            raise RegistryError(f"Reference.bar={self.bar!r} must be a share of the noise-to-data distance in (0, 1]")
+        if self.sampler not in ("u", "v"):
+            raise RegistryError(f"Reference.sampler={self.sampler!r}; allowed: u, v")
+
+    @property
+    def name(self) -> str:
+        return self.label or ",".join(f"{k}={v}" for k, v in self.runs.items())
+
+    def describe(self) -> str:
+        what = f"{self.nfe}-NFE {'v' if self.sampler == 'v' else 'u'}"
+        return f"{self.name}: {what} <= {self.bar:.0%} of noise-to-data"
+
+
+# The bars, one place: what a reference run must reach for a study's verdict to count (share of noise-to-data).
+V_BAR = 0.10  # 32-NFE v of a run trained on v (the v-only parents, vanilla's v): the calibrated vanilla is at 8%
+U_BAR = 0.20  # 1-NFE u of a full-length MeanFlow run (vanilla, k = 1, k = 0): the calibrated vanilla is at 10%
+FINE_TUNE_BAR = 0.30  # 1-NFE u of O1's u-only fine-tunes, which never see the joint objective
+SMALL_DT_V_BAR = 0.20  # 32-NFE v of O3's small-dt u-only warm-up: O2 says small dt builds v, not that it matches v-only
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task for task affinity (TAS): a loss term (v: t = r, u: t != r) on a (t, r) sampler."""
 
@@ -251,6 +290,7 @@ class Study:
     notes: tuple[str, ...] = ()
     tasks: tuple[TaskSpec, ...] = ()  # TAS tasks (o3)
     task_inits: dict[str, str | None] = field(default_factory=dict)  # init label -> run key (None: random)
+    reference: tuple[Reference, ...] = ()  # the learning-regime check: runs and bars the verdict stands on
     module: str = ""
 
     def default_seeds(self, scale: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import V_BAR, Finding, Metric, Reference, RunSpec, base_config, full_method, joint, register
 
 NFE_V = [32, 64, 128]
 EPOCHS = 240
@@ -16,6 +16,7 @@ EPOCHS = 240
     finding=Finding("the full method's v is better at every NFE",
                     holds_if="full < vanilla at 32, 64 and 128 NFE", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
+    reference=(Reference({"arm": "vanilla"}, V_BAR, "v", 32, label="vanilla"),),
     notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",),
 )
 def v_quality(scale: str) -> list[RunSpec]:
