@@ -293,6 +293,13 @@ class Study:
     reference: tuple[Reference, ...] = ()  # the learning-regime check: runs and bars the verdict stands on
     module: str = ""
 
+    @property
+    def paper_effect(self):
+        """The paper's numbers for this study's comparison (experiments/paper.py), or None."""
+        from .paper import paper_effect
+
+        return paper_effect(self.name)
+
     def default_seeds(self, scale: str) -> int:
         return self.seeds.get(scale, check_scale(scale).seeds)
 

@@ -9,13 +9,16 @@ Studies are passed in (their metric and finding), so analysis never imports the 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..results import atomic_write_bytes, load_results
+from .figures import curve_figure, study_figure
+from .power import detectable_from_interval, implied_effect
+from .regime import NOT_IN_REGIME, RegimeResult, blowup_table, check_regime, mark_blowups, regime_status, select_runs
 from .verdicts import Verdict, arm_table, final_values, independent_tags, study_verdict, t_interval
 
 LARGE_DT_TASKS = ("u[0.5,0.7]", "u[0.7,0.9]")
@@ -89,82 +92,189 @@ def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
                     f"TAS(v <-> large dt): {f.treatment} minus runner-up {runner_up}"), table)
 
 
-def _figure(study, values: pd.DataFrame, tag: str, tags: list[str], out: Path) -> None:
-    import seaborn as sns
-    from matplotlib.figure import Figure  # no pyplot: no global backend change, safe inside notebooks
-
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.subplots()
-    independent = independent_tags(values, tag, tags)
-    hue = independent[0] if independent else ("nfe" if values["nfe"].nunique() > 1 else None)
-    sns.pointplot(data=values, x=tag, y="value", hue=hue, errorbar=("ci", 95), ax=ax, linestyle="none",
-                  dodge=0.3 if hue else False)
-    ceiling = float(values["ceiling"].mean())
-    if np.isfinite(ceiling):
-        ax.axhline(float(values["floor"].mean()), color="grey", ls=":", lw=1, label="floor (data vs data)")
-    ax.set_title(f"{study.name}: {study.metric.description}", fontsize=8)
-    ax.set_ylabel(str(values["metric"].iloc[0]))
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
-
-
 def _write_table(table: pd.DataFrame, out: Path) -> None:
     atomic_write_bytes(out.with_suffix(".csv"), table.to_csv(index=False).encode())
     atomic_write_bytes(out.with_suffix(".md"), markdown_table(table).encode())
     atomic_write_bytes(out.with_suffix(".tex"), table.to_latex(index=False, float_format="%.4g").encode())
 
 
-def analyze_study(study, scale: str, root: Path, evals: pd.DataFrame) -> tuple[Verdict, pd.DataFrame]:
-    """The verdict and the per-arm table of one study at one scale (figures and tables written)."""
+def control_value(study, values: pd.DataFrame) -> float:
+    """The control's measured value (mean over seeds at the study's first NFE) that the paper's relative effect
+    is applied to: the control arm of a `better` finding, the runner-up of a `best` one; nan otherwise."""
+    f = study.finding
+    if values.empty or f.tag not in values.columns or f.comparison not in ("better", "best"):
+        return math.nan
+    rows = values[values["nfe"] == study.metric.nfe[0]] if study.metric.nfe else values
+    means = rows.groupby(f.tag)["value"].mean()
+    if f.comparison == "better":
+        return float(means.get(f.control, math.nan))
+    others = means.drop(f.treatment, errors="ignore")
+    if others.empty:
+        return math.nan
+    return float(others.min() if study.metric.lower_is_better else others.max())
+
+
+def finish_verdict(study, verdict: Verdict, values: pd.DataFrame, regime: list[RegimeResult]) -> Verdict:
+    """Add the regime check, blow-ups and power to a verdict; a reference that misses its bar overrides it."""
+    status = regime_status(regime)
+    checked = [r for r in regime if r.status != "unchecked"]
+    worst = max(checked, key=lambda r: r.share / r.reference.bar, default=None)
+    paper = getattr(study, "paper_effect", None)
+    relative = paper.relative if paper is not None else None
+    verdict = replace(
+        verdict, regime=status,
+        reference_share=worst.share if worst else math.nan, bar=worst.reference.bar if worst else math.nan,
+        detectable=detectable_from_interval(verdict.effect, verdict.ci_high, verdict.seeds),
+        paper_effect=implied_effect(relative, control_value(study, values), study.metric.lower_is_better,
+                                    ratio=bool(paper and paper.ratio)),
+        blowups=int(values["blowup"].sum()) if "blowup" in values.columns else 0)
+    if status == "miss":
+        missed = "; ".join(r.describe() for r in regime if r.status == "miss")
+        verdict = replace(verdict, verdict=NOT_IN_REGIME,
+                          detail=f"{missed}. The test alone reads: {verdict.verdict}. {verdict.detail}")
+    return verdict
+
+
+@dataclass
+class StudyAnalysis:
+    """Everything the report prints for one study: the verdict, the per-arm table, the regime check of each
+    reference, the final values (blow-ups flagged and capped) and the list of blown-up runs."""
+
+    verdict: Verdict
+    table: pd.DataFrame
+    regime: list[RegimeResult] = field(default_factory=list)
+    values: pd.DataFrame = field(default_factory=pd.DataFrame)
+    blowups: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
+                   runs: pd.DataFrame | None = None) -> StudyAnalysis:
+    """Analyse one study at one scale, writing its table and figure. `runs` (the store's run rows, which carry
+    the diverged runs that have no evaluation) is loaded when not given."""
+    root = Path(root)
     metric = study.metric
     name = metric.name(scale)
     base = root / scale
+    mine = evals[evals["study"] == study.name] if not evals.empty else evals
+    if runs is None:
+        runs = load_results(root, study=study.name, scale=scale, kind="runs")
+    runs = runs[runs["study"] == study.name] if not runs.empty else runs
+    regime = check_regime(study, scale, mine, runs)
+    values = pd.DataFrame()
     if metric.kind == "tas":
         verdict, table = tas_verdict(study, base / study.name / "tas.csv")
     elif metric.kind == "epochs_to_target":
-        mine = evals[evals["study"] == study.name] if not evals.empty else evals
-        verdict, table = convergence_verdict(study, mine, replace(metric, kind="distance").name(scale))
+        distance = replace(metric, kind="distance").name(scale)
+        verdict, table = convergence_verdict(study, mine, distance)
+        curves = mine[(mine["metric"] == distance) & (mine["sampler"] == metric.sampler)
+                      & (mine["nfe"] == metric.nfe[0])] if not mine.empty else mine
+        if not curves.empty and study.finding.tag in curves.columns:
+            curves = mark_blowups(curves)  # per evaluation: above the ceiling is a blow-up at that epoch
+            curve_figure(study, curves, study.finding.tag, regime, base / "figures" / study.name)
+        values = mark_blowups(final_values(mine, distance, metric.sampler, metric.nfe), runs)
     else:
-        mine = evals[evals["study"] == study.name] if not evals.empty else evals
-        values = final_values(mine, name, metric.sampler, metric.nfe)
+        values = mark_blowups(final_values(mine, name, metric.sampler, metric.nfe), runs)
         tags = _tag_names(study, scale)
         verdict = study_verdict(study, values, tags + ["seed"])
         table = arm_table(values, tags) if not values.empty else pd.DataFrame()
         if not values.empty and study.finding.tag in values.columns:
-            _figure(study, values, study.finding.tag, tags, base / "figures" / study.name)
+            independent = independent_tags(values.dropna(subset=[study.finding.tag]), study.finding.tag, tags)
+            hue = independent[0] if independent else ("nfe" if values["nfe"].nunique() > 1 else None)
+            study_figure(study, values, study.finding.tag, hue, regime, base / "figures" / study.name)
+    table = mark_references(table, study)
     if not table.empty:
         _write_table(table, base / "tables" / study.name)
-    return verdict, table
+    verdict = finish_verdict(study, verdict, values, regime)
+    return StudyAnalysis(verdict, table, regime, values, blowup_table(values))
+
+
+def analyze_study(study, scale: str, root: Path, evals: pd.DataFrame,
+                  runs: pd.DataFrame | None = None) -> tuple[Verdict, pd.DataFrame]:
+    """The verdict and the per-arm table of one study at one scale (figures and tables written)."""
+    result = study_analysis(study, scale, root, evals, runs)
+    return result.verdict, result.table
+
+
+def mark_references(table: pd.DataFrame, study) -> pd.DataFrame:
+    """A `reference` column naming the bar of the rows that are a reference's runs (empty for the others)."""
+    if table.empty or not getattr(study, "reference", ()):
+        return table
+    table = table.copy()
+    table["reference"] = ""
+    for ref in study.reference:
+        hit = select_runs(table, ref.runs).index
+        table.loc[hit, "reference"] = f"bar {ref.bar:.0%} at {ref.nfe}-NFE {ref.sampler}"
+    return table
+
+
+def _fmt(x: float, spec: str = "+.3g") -> str:
+    return "" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+REGIME_NOTE = ("A verdict counts only where the models learned: each study names reference runs and a bar for them "
+               "as a share of the noise-to-data distance (value / ceiling; `reference` below). A study whose "
+               "reference misses its bar is reported as **not in the learning regime**, whatever its test reads.")
+BLOWUP_NOTE = ("Blow-ups: a run whose final metric is above the noise ceiling, or that diverged. It counts as the "
+               "ceiling (no better than noise) in means, tests and the regime check; `blowups` counts them per "
+               "condition and the figures mark them with red crosses.")
+POWER_NOTE = ("`detectable`: the smallest effect the study's seeds detect at the measured seed spread (two-sided 95% "
+              "t-test, 80% power; paired by seed): an inconclusive verdict rules out effects of at least this size "
+              "(80% of the time). `paper here`: the paper's relative change (experiments/paper.py) applied to the "
+              "control's value at this scale.")
+
+
+def _share(verdict: Verdict) -> str:
+    if not math.isfinite(verdict.reference_share):
+        return verdict.regime
+    mark = "pass" if verdict.regime == "pass" else "miss" if verdict.regime == "miss" else verdict.regime
+    return f"{verdict.reference_share:.1%} / {verdict.bar:.0%} ({mark})"
 
 
 def write_report(root: str | Path, scale: str, studies: list) -> Path:
     """Analyse every study at `scale` and write report.md, verdicts.csv, tables and figures."""
     root = Path(root)
     evals = load_results(root, scale=scale, kind="evals")
+    runs = load_results(root, scale=scale, kind="runs")
     lines = [f"# MeanFlow training dynamics: results at scale `{scale}`", "",
              "Verdict per finding from the final evaluation of every run (mean over seeds, 95% t-interval). "
-             "Effects are oriented so that > 0 supports the paper's finding.", "",
-             "| study | finding | verdict | effect [95% CI] | seeds |", "|---|---|---|---|---|"]
+             "Effects are oriented so that > 0 supports the paper's finding.", "", REGIME_NOTE, "", BLOWUP_NOTE, "",
+             POWER_NOTE, "",
+             "| study | finding | verdict | effect [95% CI] | detectable | paper here | reference / bar | blow-ups "
+             "| seeds |", "|---|---|---|---|---|---|---|---|---|"]
     sections, verdicts = [], []
     for study in studies:
         if scale in study.unsupported:
             continue
-        verdict, table = analyze_study(study, scale, root, evals)
+        result = study_analysis(study, scale, root, evals, runs)
+        verdict, table = result.verdict, result.table
         verdicts.append(verdict.as_row())
         ci = "" if not math.isfinite(verdict.effect) else \
             f"{verdict.effect:+.3g} [{verdict.ci_low:+.3g}, {verdict.ci_high:+.3g}]"
-        lines.append(f"| {study.name} | {study.finding.claim} | **{verdict.verdict}** | {ci} | {verdict.seeds} |")
+        lines.append(f"| {study.name} | {study.finding.claim} | **{verdict.verdict}** | {ci} "
+                     f"| {_fmt(verdict.detectable, '.3g')} | {_fmt(verdict.paper_effect)} | {_share(verdict)} "
+                     f"| {verdict.blowups} | {verdict.seeds} |")
+        paper = getattr(study, "paper_effect", None)
         sections += [f"## {study.name}: {study.question}", "",
                      f"- Paper: {study.finding.claim}. Holds if {study.finding.holds_if}.",
                      f"- Metric: {study.metric.description} (`{study.metric.name(scale)}`).",
-                     f"- Verdict: **{verdict.verdict}**. {verdict.detail}", ""]
+                     f"- Verdict: **{verdict.verdict}**. {verdict.detail}"]
+        for r in result.regime:
+            sections.append(f"- Learning regime: {r.describe()}.")
+        if not result.regime:
+            sections.append("- Learning regime: the study declares no reference runs.")
+        power = (f"- Power: effects below {verdict.detectable:.3g} go undetected more than 20% of the time with "
+                 f"{verdict.seeds} seeds" if math.isfinite(verdict.detectable)
+                 else f"- Power: not computable ({verdict.seeds} seed(s); needs at least 2 with a spread)")
+        if paper is not None:
+            power += f"; the paper's effect ({paper.describe()})"
+            power += (f" is {verdict.paper_effect:+.3g} here." if math.isfinite(verdict.paper_effect) else ".")
+        sections += [power if power.endswith(".") else power + ".", ""]
         if not table.empty:
             sections += [markdown_table(table), ""]
-            if (root / scale / "figures" / f"{study.name}.png").exists():
-                sections += [f"![{study.name}](figures/{study.name}.png)", ""]
+        if not result.blowups.empty:
+            sections += [f"Blown-up runs ({len(result.blowups)}):", "", markdown_table(result.blowups), ""]
+        if (root / scale / "figures" / f"{study.name}.png").exists():
+            sections += [f"![{study.name}](figures/{study.name}.png)", ""]
     out = root / scale / "report.md"
     atomic_write_bytes(out, ("\n".join(lines + [""] + sections) + "\n").encode())
     atomic_write_bytes(root / scale / "verdicts.csv", pd.DataFrame(verdicts).to_csv(index=False).encode())

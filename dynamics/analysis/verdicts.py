@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .power import t_quantile
+
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -32,7 +34,8 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
     mean = float(values.mean())
     if len(values) < 2:
         return mean, mean, mean
-    half = T_975.get(len(values) - 1, 1.96) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    df = len(values) - 1
+    half = (T_975[df] if df in T_975 else t_quantile(df)) * float(values.std(ddof=1)) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
@@ -46,6 +49,13 @@ class Verdict:
     ci_high: float
     seeds: int
     detail: str
+    # filled by dynamics.analysis.report.finish_verdict (regime check, blow-ups, power)
+    regime: str = ""  # pass | miss | unchecked | no reference declared
+    reference_share: float = math.nan  # worst reference's share of the noise-to-data distance
+    bar: float = math.nan  # that reference's bar
+    detectable: float = math.nan  # smallest effect the seeds detect (two-sided 95%, 80% power)
+    paper_effect: float = math.nan  # the paper's relative change applied to the control's value here
+    blowups: int = 0  # runs above the noise ceiling or diverged (all conditions)
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
@@ -76,15 +86,20 @@ def final_values(evals: pd.DataFrame, metric_name: str, sampler: str, nfes: tupl
 
 
 def arm_table(values: pd.DataFrame, tags: list[str]) -> pd.DataFrame:
-    """Mean, spread and 95% interval over seeds per arm (tag values) and NFE."""
+    """Mean, median, spread and 95% interval over seeds per arm (tag values) and NFE, the blown-up runs per arm
+    (`blowups`, see dynamics.analysis.regime) and the mean's share of the noise-to-data distance."""
     keys = [t for t in tags if t in values.columns] + ["nfe"]
     out = []
     for key, group in values.groupby(keys, dropna=False):
         mean, low, high = t_interval(group["value"].to_numpy())
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        row.update(mean=mean, std=float(group["value"].std(ddof=1)) if len(group) > 1 else 0.0,
-                   ci_low=low, ci_high=high, seeds=len(group), floor=float(group["floor"].mean()),
-                   ceiling=float(group["ceiling"].mean()))
+        ceiling = float(group["ceiling"].mean())
+        row.update(mean=mean, median=float(group["value"].median()),
+                   std=float(group["value"].std(ddof=1)) if len(group) > 1 else 0.0,
+                   ci_low=low, ci_high=high, seeds=len(group),
+                   blowups=int(group["blowup"].sum()) if "blowup" in group.columns else 0,
+                   share=mean / ceiling if ceiling else math.nan, floor=float(group["floor"].mean()),
+                   ceiling=ceiling)
         out.append(row)
     return pd.DataFrame(out)
 
