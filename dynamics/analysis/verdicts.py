@@ -22,8 +22,6 @@ import pandas as pd
 
 from .power import t_quantile
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float]:
     """(mean, low, high) of a 95% Student-t interval; low = high = mean for a single value."""
@@ -34,8 +32,7 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
     mean = float(values.mean())
     if len(values) < 2:
         return mean, mean, mean
-    df = len(values) - 1
-    half = (T_975[df] if df in T_975 else t_quantile(df)) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    half = t_quantile(len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
