@@ -145,6 +145,39 @@ class StudyAnalysis:
     regime: list[RegimeResult] = field(default_factory=list)
     values: pd.DataFrame = field(default_factory=pd.DataFrame)
     blowups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # every evaluation along training (convergence)
+    hue: str | None = None  # the figure's colour grouping
+
+    def figure(self, study):
+        """The study's figure, redrawn (for a notebook): its curves, else its final values; None without data."""
+        tag = study.finding.tag
+        if not self.curves.empty:
+            return curve_figure(study, self.curves, tag, self.regime)
+        if not self.values.empty and tag in self.values.columns:
+            return study_figure(study, self.values, tag, self.hue, self.regime)
+        return None
+
+    def png(self, study) -> bytes | None:
+        """The figure as PNG bytes (IPython.display.Image shows it under any matplotlib backend)."""
+        import io
+
+        fig = self.figure(study)
+        if fig is None:
+            return None
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        return buf.getvalue()
+
+    def summary(self) -> str:
+        """The verdict, the regime check of each reference, and the power, as the report prints them."""
+        v = self.verdict
+        lines = [f"{v.study}: {v.finding}", f"  verdict: {v.verdict}  ({v.detail})"]
+        lines += [f"  regime: {r.describe()}" for r in self.regime] or ["  regime: no reference declared"]
+        power = f"{v.detectable:.3g}" if math.isfinite(v.detectable) else f"not computable ({v.seeds} seed(s))"
+        paper = f"{v.paper_effect:+.3g}" if math.isfinite(v.paper_effect) else "no paper number"
+        lines.append(f"  detectable effect (95%, 80% power): {power}; paper's effect here: {paper}; "
+                     f"blow-ups: {v.blowups}")
+        return "\n".join(lines)
 
 
 def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
@@ -160,7 +193,7 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
         runs = load_results(root, study=study.name, scale=scale, kind="runs")
     runs = runs[runs["study"] == study.name] if not runs.empty else runs
     regime = check_regime(study, scale, mine, runs)
-    values = pd.DataFrame()
+    values, curves, hue = pd.DataFrame(), pd.DataFrame(), None
     if metric.kind == "tas":
         verdict, table = tas_verdict(study, base / study.name / "tas.csv")
     elif metric.kind == "epochs_to_target":
@@ -171,6 +204,8 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
         if not curves.empty and study.finding.tag in curves.columns:
             curves = mark_blowups(curves)  # per evaluation: above the ceiling is a blow-up at that epoch
             curve_figure(study, curves, study.finding.tag, regime, base / "figures" / study.name)
+        else:
+            curves = pd.DataFrame()
         values = mark_blowups(final_values(mine, distance, metric.sampler, metric.nfe), runs)
     else:
         values = mark_blowups(final_values(mine, name, metric.sampler, metric.nfe), runs)
@@ -185,7 +220,17 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
     if not table.empty:
         _write_table(table, base / "tables" / study.name)
     verdict = finish_verdict(study, verdict, values, regime)
-    return StudyAnalysis(verdict, table, regime, values, blowup_table(values))
+    return StudyAnalysis(verdict, table, regime, values, blowup_table(values), curves, hue)
+
+
+def analyze_named(name: str, scale: str, root: str | Path) -> StudyAnalysis:
+    """A registered study's analysis read from a results store (what the notebooks call)."""
+    from experiments.registry import get_study  # the registry is data; imported here so analysis stays standalone
+
+    study = get_study(name)
+    evals = load_results(root, study=name, scale=scale, kind="evals")
+    runs = load_results(root, study=name, scale=scale, kind="runs")
+    return study_analysis(study, scale, Path(root), evals, runs)
 
 
 def analyze_study(study, scale: str, root: Path, evals: pd.DataFrame,
