@@ -208,7 +208,9 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
             curves = pd.DataFrame()
         values = mark_blowups(final_values(mine, distance, metric.sampler, metric.nfe), runs)
     else:
-        values = mark_blowups(final_values(mine, name, metric.sampler, metric.nfe), runs)
+        values = final_values(mine, name, metric.sampler, metric.nfe)
+        if metric.lower_is_better:  # a blow-up is a distance above the noise ceiling
+            values = mark_blowups(values, runs)
         tags = _tag_names(study, scale)
         verdict = study_verdict(study, values, tags + ["seed"])
         table = arm_table(values, tags) if not values.empty else pd.DataFrame()
