@@ -112,9 +112,15 @@ class SamplerConfig:
 
 @dataclass
 class CFGConfig:
-    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null)."""
+    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null).
+
+    `dropout_rows`: `leading` (default, the official code's layout): Binomial(n, class_dropout) rows are
+    dropped, and they are the batch's first rows, which are r = t rows, so the null class is trained on v
+    only; `random`: each row is dropped independently, u rows included.
+    """
 
     class_dropout: float = 0.1
+    dropout_rows: str = "leading"  # leading | random
     w: float = 1.0
     kappa: float = 0.0
     t_min: float = 0.0
@@ -122,6 +128,7 @@ class CFGConfig:
 
     def validate(self) -> None:
         _in_range("objective.cfg.class_dropout", self.class_dropout, 0.0, 1.0)
+        _choice("objective.cfg.dropout_rows", self.dropout_rows, ("leading", "random"))
         _in_range("objective.cfg.kappa", self.kappa, 0.0, 1.0)
         if self.kappa >= 1.0:
             raise ConfigError("objective.cfg.kappa must be < 1 (effective guidance w / (1 - kappa))")
