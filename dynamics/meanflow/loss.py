@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..config import CFGConfig
 from .path import conditional_velocity, expand_like, interpolate, per_sample_sq_norm
 from .samplers import TimeSampler
-from .target import mean_flow_target
+from .target import at_least_fp32, full_precision, mean_flow_target
 
 
 class VTimeCurriculum(Protocol):
@@ -35,6 +35,7 @@ class LossOutput:
     weight: Tensor  # per-sample alpha / beta weight
     t: Tensor
     r: Tensor
+    target: Tensor | None = None  # u_tgt as the loss saw it (after guidance and contamination), detached
 
 
 def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
@@ -44,13 +45,15 @@ def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
 
 def guided_velocity(u_fn, z: Tensor, t: Tensor, v: Tensor, y: Tensor, num_classes: int, cfg: CFGConfig) -> Tensor:
     """v_g = w v + kappa u(z, t, t | c) + (1 - w - kappa) u(z, t, t | null) for labelled rows with t in
-    [t_min, t_max] (no grad); dropped rows (y = null) and rows outside the interval keep v."""
+    [t_min, t_max] (no grad); dropped rows (y = null) and rows outside the interval keep v.
+    Part of the target, so float32 with autocast off (as the JVP)."""
     if cfg.w == 1.0 and cfg.kappa == 0.0:
         return v
     guide = (y != num_classes) & (t >= cfg.t_min) & (t <= cfg.t_max)
     if not bool(guide.any()):
         return v
-    with torch.no_grad():
+    z, t, v = at_least_fp32(z, t, v)
+    with torch.no_grad(), full_precision(z.device):
         zg, tg, yg = z[guide], t[guide], y[guide]
         u_cond = u_fn(zg, tg, tg, yg)
         u_null = u_fn(zg, tg, tg, torch.full_like(yg, num_classes))
@@ -120,4 +123,4 @@ class MeanFlowLoss:
         D = D.detach()
         loss_v = (D * is_v).sum() / is_v.sum()  # 0 / 0 = nan when there are no v rows
         loss_u = (D * ~is_v).sum() / (~is_v).sum()
-        return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r)
+        return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r, target=u_tgt.detach())
