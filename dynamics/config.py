@@ -168,7 +168,10 @@ class ObjectiveConfig:
     dtd: DTDConfig = field(default_factory=DTDConfig)
     beta: str = "none"  # u-term weight: none | progressive
     beta_k: float = 1.0
-    contamination_k: float = 0.0  # v-term target noise of norm k |v|
+    # O1 reverse: v-row target v + noise. literal (the paper's words): k ||v|| xi, xi ~ N(0, I) per element;
+    # normalised: k ||v|| xi / ||xi||. ||v|| is the per-sample norm of the conditional velocity e - x.
+    contamination_k: float = 0.0
+    contamination_form: str = "literal"  # literal | normalised
     cfg: CFGConfig = field(default_factory=CFGConfig)
     jvp: str = "rows"  # rows | fused | compiled | full: how the JVP target is computed (meanflow/target.py)
 
@@ -180,6 +183,7 @@ class ObjectiveConfig:
         _choice("objective.v_sampling", self.v_sampling, ("base", "dtd"))
         _choice("objective.beta", self.beta, ("none", "progressive"))
         _choice("objective.jvp", self.jvp, ("rows", "fused", "compiled", "full"))
+        _choice("objective.contamination_form", self.contamination_form, ("literal", "normalised"))
         if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
             raise ConfigError("objective.minsnr_gamma, objective.beta_k must be > 0, contamination_k >= 0")
         self.dtd.validate()

@@ -93,6 +93,11 @@ CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_sche
                     "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")
 
 
+def data_dim(cfg: RunConfig) -> int:
+    """Dimensions of one sample of the config's data: 2 (toy), 64 (8x8 digits), 4096 (4 x 32 x 32 latents)."""
+    return {"digits": 64, "imagenet_latents": 4096}.get(cfg.data.name, 2)
+
+
 def check_scale(scale: str) -> ScaleSettings:
     if scale not in SCALE_SETTINGS:
         raise RegistryError(f"scale={scale!r} is not known; choose one of {', '.join(SCALES)}")

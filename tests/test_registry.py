@@ -104,9 +104,19 @@ def test_o1_fixed_budget_grid():
 
 
 def test_o1_contaminated_grid():
-    runs = get_study("o1-contaminated-v").runs("b4")
-    assert [r.config.objective.contamination_k for r in runs] == [0.0, 0.01, 0.03, 0.1, 0.3]
-    assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
+    """Issue 8.4: literal noise at the paper's k on B/4; at smaller d the k that gives B/4's noise-to-signal
+    ratio (k sqrt(4096 / d)); the normalised form at the paper's k as written."""
+    for scale, factor in (("b4", 1.0), ("digits", 8.0), ("cpu", 4096**0.5 / 2**0.5)):
+        runs = get_study("o1-contaminated-v").runs(scale, seeds=1)
+        literal = [r for r in runs if r.tags["form"] == "literal"]
+        assert [r.tags["k"] for r in literal] == [0.0, 0.01, 0.03, 0.1, 0.3]
+        assert [r.config.objective.contamination_k for r in literal] == pytest.approx(
+            [k * factor for k in (0.0, 0.01, 0.03, 0.1, 0.3)])
+        assert [r.tags["ratio_b4"] for r in literal] == pytest.approx([0.0, 0.64, 1.92, 6.4, 19.2])
+        normalised = [r for r in runs if r.tags["form"] == "normalised"]
+        assert [(r.config.objective.contamination_k, r.config.objective.contamination_form) for r in normalised] == [
+            (0.03, "normalised"), (0.3, "normalised")]
+        assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
 
 
 def test_o2_interval_bins_grid():
