@@ -64,21 +64,25 @@ class ProgressiveUWeight:
 
 
 class DTDSchedule:
-    """DTD (Kim et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
+    """DTD (Kim, Go et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
 
     Cluster j covers the quantiles [1 - (j + 1) / N, 1 - j / N] (j = 0 is t near 1, the noisiest and
-    easiest denoising task). At stage s the clusters 0..s are open and t is drawn from their union;
-    at stage N - 1 that union is the whole base distribution. The stage advances
-    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible), or
-    - `patience`: after `patience` windows of `window` steps in which the windowed mean v-loss did not
-      reach a new minimum for the current stage (the minimum resets when a cluster opens).
-    Choices the paper leaves open, stated: clusters accumulate (union, not one at a time); patience
-    compares the raw per-sample v error D, which is comparable within a stage.
+    easiest denoising task). At stage s the clusters 0..s are open and t is drawn from their union (DTD's
+    accumulation); at stage N - 1 that union is the whole base distribution, kept to the end of the run. DTD
+    clusters the timesteps uniformly under its uniform sampler; under a non-uniform base sampler
+    equal-probability clusters carry that rule over. The stage advances
+    - `patience` (default, DTD's adaptive pacing): the mean v error over a window of P = patience * T steps
+      (at least 1) is compared with the best window of the current stage; a window that does not improve on
+      it means no improvement within the maximum patience, and the next cluster opens (the best resets);
+    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible).
+    Choices the DTD paper leaves open, stated: the loss compared is the raw per-sample v error D (comparable
+    within a stage), averaged over the window instead of smoothed per iteration.
     """
 
     def __init__(self, cfg: DTDConfig, total_steps: int):
         self.cfg = cfg
         self.total_steps = total_steps
+        self.window = max(1, round(cfg.patience * total_steps))
         self.stage = 0
         self.best = math.inf
         self.bad_windows = 0
@@ -103,17 +107,15 @@ class DTDSchedule:
             return
         self.window_sum += loss_v
         self.window_n += 1
-        if self.window_n < self.cfg.window:
+        if self.window_n < self.window:
             return
         mean = self.window_sum / self.window_n
         self.window_sum, self.window_n = 0.0, 0
         if mean < self.best:
             self.best, self.bad_windows = mean, 0
             return
-        self.bad_windows += 1
-        if self.bad_windows >= self.cfg.patience:
-            self.stage += 1
-            self.best, self.bad_windows = math.inf, 0
+        self.stage += 1  # no improvement within the patience window: open the next cluster
+        self.best, self.bad_windows = math.inf, 0
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("stage", "best", "bad_windows", "window_sum", "window_n")}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import Finding, Metric, RunSpec, base_config, paper_method, joint, register
 
 NFE_V = [32, 64, 128]
 EPOCHS = 240
@@ -16,11 +16,11 @@ EPOCHS = 240
     finding=Finding("the full method's v is better at every NFE",
                     holds_if="full < vanilla at 32, 64 and 128 NFE", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
-    notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",),
+    notes=(f"method: {paper_method('v-quality')} at every scale (PAPER_METHOD: the paper's method for this result)",),
 )
 def v_quality(scale: str) -> list[RunSpec]:
     runs = []
-    for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale))):
+    for arm, method in (("vanilla", "vanilla"), ("full", paper_method("v-quality"))):
         cfg = base_config(scale, method)
         cfg.phases = [joint(EPOCHS)]
         cfg.eval.nfe_v = list(NFE_V)

@@ -91,20 +91,32 @@ def test_dtd_pace_opens_clusters_and_draws_follow():
 
 
 def test_dtd_patience_advances_on_plateau_only():
-    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=2, window=5), total_steps=10_000)
+    """Issue 8.6: DTD's adaptive pacing with the patience a fraction of the run (1e-3 of 10,000 steps = 10)."""
+    assert (DTDConfig().clusters, DTDConfig().mode) == (20, "patience")  # the DTD paper's N and pacing
+    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=1e-3), total_steps=10_000)
+    assert dtd.window == 10
+    assert DTDSchedule(DTDConfig(patience=1e-3), total_steps=100_000).window == 100  # scales with the run
     step = 0
-    for value in [5.0] * 5 + [4.0] * 5:  # two improving windows
+    for value in [5.0] * 10 + [4.0] * 10:  # two improving windows
         step += 1
         dtd.update(step, value)
     assert dtd.stage == 0
-    for _ in range(10):  # two windows without improvement -> the next cluster opens
+    for _ in range(9):  # not yet a full window without improvement
         step += 1
         dtd.update(step, 4.5)
-    assert dtd.stage == 1 and dtd.bad_windows == 0
+    assert dtd.stage == 0
+    step += 1
+    dtd.update(step, 4.5)  # a whole patience window without improvement -> the next cluster opens
+    assert dtd.stage == 1 and dtd.best == float("inf")
+    for value in [4.5] * 10 + [4.6] * 10:  # the best resets per stage; then a plateau opens the last cluster
+        step += 1
+        dtd.update(step, value)
+    assert dtd.stage == 2 and dtd.finished
 
 
 def test_dtd_stage_survives_resume(tmp_path):
     cfg = _smoke("objective.v_sampling=dtd", "objective.dtd.clusters=5", "objective.dtd.pace_until=0.5",
+                 "objective.dtd.mode=pace",
                  "train.epochs=4", "train.ckpt_every=10")
     first = Trainer(cfg, tmp_path / "run")
     first.run(stop_after=10)

@@ -7,7 +7,7 @@ import pytest
 
 from dynamics.config import METHODS, SCALES, preset
 from experiments.registry import (
-    FULL_METHOD,
+    PAPER_METHOD,
     SCALE_SETTINGS,
     Finding,
     Metric,
@@ -166,14 +166,18 @@ def test_main_grid_methods():
         assert (obj.beta == "progressive") == method.endswith("lu")
 
 
-def test_k_schedule_and_full_method():
+def test_k_schedule_and_paper_methods():
+    """Issue 8.6: each study compares the paper's method for its result, the same at every scale."""
+    assert PAPER_METHOD == {"k-schedule": "dtd-lu", "v-quality": "minsnr-lu", "convergence": "dtd-lu",
+                            "cfg-robustness": "dtd-lu"}
     for scale in ("b4", "l2", "cpu"):
         runs = get_study("k-schedule").runs(scale, seeds=1)
         assert [r.config.objective.beta_k for r in runs] == [0.5, 1.0, 2.0]
-        for r in runs:
-            assert r.tags["method"] == FULL_METHOD[scale] and r.config.objective.beta == "progressive"
-            assert (r.config.objective.alpha == "minsnr") == (scale == "b4")
-            assert (r.config.objective.v_sampling == "dtd") == (scale != "b4")
+        for r in runs:  # the paper's k = 1 value (10.20 at B/4) is its DTD + L_u row
+            assert r.tags["method"] == "dtd-lu" and r.config.objective.beta == "progressive"
+            assert r.config.objective.alpha == "none" and r.config.objective.v_sampling == "dtd"
+        full = [r for r in get_study("v-quality").runs(scale, seeds=1) if r.tags["arm"] == "full"]
+        assert [(r.config.objective.alpha, r.config.objective.v_sampling) for r in full] == [("minsnr", "base")]
 
 
 def test_v_quality_and_convergence():
@@ -181,9 +185,10 @@ def test_v_quality_and_convergence():
     assert [r.tags["arm"] for r in vq] == ["vanilla", "full"]
     assert all(r.config.eval.nfe_v == [32, 64, 128] for r in vq)
     conv = get_study("convergence").runs("cpu", seeds=1)
-    for r in conv:
-        assert r.config.eval.every_epochs == 24 and phases(r) == [(240.0, "both")]
-        assert r.config.train.keep_epochs == [24.0 * i for i in range(1, 11)]
+    for r in conv:  # 2.5x, 2.3x, 2.1x = 96, 104.3, 114.3 epochs: each in its own 8-epoch segment
+        assert r.config.eval.every_epochs == 8 and phases(r) == [(240.0, "both")]
+        assert r.config.train.keep_epochs == [] and r.config.eval.nfe == [1]
+    assert {r.tags["method"] for r in conv} == {"vanilla", "dtd-lu"}
 
 
 def test_cfg_robustness_only_class_conditional():
