@@ -7,7 +7,7 @@ labels, so it runs from the digits scale up; the toy 2-D scales have no runs.
 
 from __future__ import annotations
 
-from .registry import SCALE_SETTINGS, Finding, Metric, RunSpec, base_config, paper_method, joint, register
+from .registry import SCALE_SETTINGS, Finding, Metric, RunSpec, base_config, joint, paper_method, register
 
 SETTINGS = ((1.0, 0.5), (0.5, 0.75), (1.0, 0.6), (0.2, 0.92))  # (w, kappa): w' = 2.0, 2.0, 2.5, 2.5
 EPOCHS = 240
@@ -22,7 +22,7 @@ UNCONDITIONAL = "needs class-conditional data (digits and up); the toy 2-D data 
                     holds_if="full < vanilla at every (w, kappa) setting", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
     unsupported={scale: UNCONDITIONAL for scale, s in SCALE_SETTINGS.items() if not s.class_conditional},
-    notes=(f"method: {paper_method('cfg-robustness')} at every scale (PAPER_METHOD: the paper's method for this result)",),
+    notes=(f"method: {paper_method('cfg-robustness')} at every scale (the paper's method at M/2, L/2, XL/2)",),
 )
 def cfg_robustness(scale: str) -> list[RunSpec]:
     runs = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, paper_method, joint, register
+from .registry import Finding, Metric, RunSpec, base_config, joint, paper_method, register
 
 K = (0.5, 1.0, 2.0)
 EPOCHS = 240
@@ -14,7 +14,8 @@ EPOCHS = 240
     metric=Metric("1-NFE distance of u samples (FID at paper scale)", sampler="u", nfe=(1,)),
     finding=Finding("k = 1 is best (B/4: k = 0.5 -> 11.16, 1 -> 10.20, 2 -> 11.44)",
                     holds_if="k = 1 gives the lowest 1-NFE metric", comparison="best", tag="k", treatment=1.0),
-    notes=(f"method: {paper_method('k-schedule')} at every scale (the paper's k = 1 value, 10.20 at B/4, is its DTD + L_u row)",),
+    notes=(f"method: {paper_method('k-schedule')} at every scale (the paper's k = 1 value, 10.20 at B/4, is its "
+           "DTD + L_u row)",),
 )
 def k_schedule(scale: str) -> list[RunSpec]:
     method = paper_method("k-schedule")

@@ -78,13 +78,14 @@ def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[V
     return Verdict(study.name, f.claim, verdict, mean, low, high, n, detail), pd.DataFrame(table)
 
 
-def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
-    """O3: per init, the mean affinity between the v task and the large-dt u tasks (both directions)."""
+# O3's headline TAS variant (dynamics.affinity.DEFAULT_VARIANT; analysis reads results only, so named here).
+TAS_DEFAULT_VARIANT = "b: grad step of equal length"
+
+
+def _tas_one_variant(study, tas: pd.DataFrame) -> tuple[Verdict, pd.DataFrame]:
+    """The O3 verdict on one TAS table: per init, the mean affinity between the v task and the large-dt u tasks
+    (both directions); the treatment init against the runner-up, paired by seed."""
     f = study.finding
-    if not tas_csv.exists():
-        return (Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0,
-                        f"no {tas_csv.name}: run `dynamics tas --study {study.name} --scale ...`"), pd.DataFrame())
-    tas = pd.read_csv(tas_csv)
     pairs = tas[((tas["source"] == "v") & tas["target"].isin(LARGE_DT_TASKS))
                 | ((tas["target"] == "v") & tas["source"].isin(LARGE_DT_TASKS))]
     per_seed = pairs.groupby(["init", "seed"])["value"].mean().unstack("init")
@@ -101,6 +102,67 @@ def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
         verdict = "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
     return (Verdict(study.name, f.claim, verdict, mean, low, high, n,
                     f"TAS(v <-> large dt): {f.treatment} minus runner-up {runner_up}"), table)
+
+
+def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
+    """O3: the verdict under the default variant (b, target recomputed), and under every other variant and
+    target mode of tas.csv, with a line saying whether the finding depends on the choice (issue 8.5)."""
+    f = study.finding
+    if not tas_csv.exists():
+        return (Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0,
+                        f"no {tas_csv.name}: run `dynamics tas --study {study.name} --scale ...`"), pd.DataFrame())
+    tas = pd.read_csv(tas_csv)
+    if "variant" not in tas.columns:  # a single-setting table (older stores)
+        return _tas_one_variant(study, tas)
+    tables, verdicts = [], {}
+    for (variant, mode), part in tas.groupby(["variant", "target_mode"], sort=False):
+        verdict, table = _tas_one_variant(study, part)
+        verdicts[(variant, mode)] = verdict
+        tables.append(table.assign(variant=variant, target_mode=mode, verdict=verdict.verdict,
+                                   effect=verdict.effect))
+    table = pd.concat(tables, ignore_index=True)
+    head = verdicts.get((TAS_DEFAULT_VARIANT, "recomputed")) or next(iter(verdicts.values()))
+    kinds = {v.verdict.split(" (")[0] for v in verdicts.values()}
+    depends = ("the finding does NOT depend on the choice (same verdict under every variant and target mode)"
+               if len(kinds) == 1 else "the finding DEPENDS on the choice: " + "; ".join(
+                   f"{variant} / target {mode}: {v.verdict} ({v.effect:+.3g})"
+                   for (variant, mode), v in verdicts.items()))
+    head.detail = f"{head.detail} [variant {TAS_DEFAULT_VARIANT}, target recomputed]. {depends}"
+    _tas_figure(study, tas, tas_csv.parent.parent / "figures" / study.name)
+    return head, table
+
+
+def _tas_figure(study, tas: pd.DataFrame, out: Path) -> None:
+    """O3's TAS matrices, default variant, per init (columns) with the target recomputed and held (rows)."""
+    from matplotlib.figure import Figure
+
+    part = tas[tas["variant"] == TAS_DEFAULT_VARIANT]
+    inits = list(dict.fromkeys(part["init"]))
+    modes = [m for m in ("recomputed", "held") if m in set(part["target_mode"])]
+    if not inits or not modes:
+        return
+    fig = Figure(figsize=(3.2 * len(inits), 3.0 * len(modes)))
+    axes = np.atleast_2d(fig.subplots(len(modes), len(inits), squeeze=False))
+    order = list(dict.fromkeys(part["source"]))
+    lim = float(np.nanmax(np.abs(part["value"].to_numpy()))) or 1.0
+    for r, mode in enumerate(modes):
+        for c, init in enumerate(inits):
+            cell = part[(part["target_mode"] == mode) & (part["init"] == init)]
+            m = cell.pivot_table(index="source", columns="target", values="value", aggfunc="mean")
+            m = m.reindex(index=order, columns=order)
+            ax = axes[r, c]
+            im = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks(range(len(order)), order, rotation=60, fontsize=6)
+            ax.set_yticks(range(len(order)), order, fontsize=6)
+            for i in range(len(order)):
+                for j in range(len(order)):
+                    ax.text(j, i, f"{m.to_numpy()[i, j]:+.2g}", ha="center", va="center", fontsize=5)
+            ax.set_title(f"init {init}, target {mode}", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.suptitle(f"{study.name}: TAS ({TAS_DEFAULT_VARIANT}); rows stepped on, columns measured", fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
 
 
 def _figure(study, values: pd.DataFrame, tag: str, tags: list[str], out: Path) -> None:
