@@ -108,6 +108,11 @@ def data_dim(cfg: RunConfig) -> int:
     return {"digits": 64, "imagenet_latents": 4096}.get(cfg.data.name, 2)
 
 
+SINGLE_MODEL_SIZE = ("compares model sizes (B/4 .. XL/2 stores read together); this scale trains one model size, "
+                     "and a width sweep of the toy MLP / tiny DiT would not be an honest analogue of DiT scaling")
+SMALL_SCALES_NA = {s: SINGLE_MODEL_SIZE for s in ("smoke", "cpu", "digits")}
+
+
 def check_scale(scale: str) -> ScaleSettings:
     if scale not in SCALE_SETTINGS:
         raise RegistryError(f"scale={scale!r} is not known; choose one of {', '.join(SCALES)}")
@@ -240,6 +245,37 @@ class Finding:
             raise RegistryError(f"Finding.direction={self.direction!r}; allowed: increasing, decreasing")
 
 
+EXTRA_KINDS = ("cross-scale-gap", "cross-scale-match", "non-inferior", "stability")
+
+
+@dataclass(frozen=True)
+class ExtraFinding:
+    """A further claim of the paper read off a study's runs, with its own verdict
+    (dynamics.analysis.verdicts.extra_verdict). kind:
+    cross-scale-gap   - params: arms (a, b), scales (s0, s1, ...): the gap metric(a) - metric(b) shrinks from s0
+                        to every later scale (reads the stores of those scales together);
+    cross-scale-match - params: treatment (scale, arm), control (scale, arm), margin: |treatment - control| is
+                        within margin x control;
+    non-inferior      - params: treatment {tag: value}, control {tag: value}, margin: treatment's metric is at
+                        most control's + margin x the noise-to-data ceiling;
+    stability         - params: phase_tag: the spread (std) of the metric over evaluations after epoch
+                        <phase_tag>, and blow-ups (state diverged or a value above the ceiling), fall as the tag
+                        grows.
+    `tag` names the study tag that holds the arms. `not_applicable`: scale -> why no verdict there."""
+
+    name: str
+    claim: str
+    holds_if: str
+    kind: str
+    tag: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXTRA_KINDS:
+            raise RegistryError(f"ExtraFinding.kind={self.kind!r}; allowed: {', '.join(EXTRA_KINDS)}")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task for task affinity (TAS): a loss term (v: t = r, u: t != r) on a (t, r) sampler."""
@@ -262,6 +298,7 @@ class Study:
     tasks: tuple[TaskSpec, ...] = ()  # TAS tasks (o3)
     task_inits: dict[str, str | None] = field(default_factory=dict)  # init label -> run key (None: random)
     module: str = ""
+    extra_findings: tuple[ExtraFinding, ...] = ()  # further claims with their own verdicts (issue 8.6)
 
     def default_seeds(self, scale: str) -> int:
         return self.seeds.get(scale, check_scale(scale).seeds)

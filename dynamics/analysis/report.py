@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import atomic_write_bytes, load_results
-from .verdicts import Verdict, arm_table, final_values, independent_tags, study_verdict, t_interval
+from .verdicts import Verdict, arm_table, extra_verdict, final_values, independent_tags, study_verdict, t_interval
 
 LARGE_DT_TASKS = ("u[0.5,0.7]", "u[0.7,0.9]")
 
@@ -216,6 +216,22 @@ def analyze_study(study, scale: str, root: Path, evals: pd.DataFrame) -> tuple[V
     return verdict, table
 
 
+def analyze_extra(study, extra, scale: str, root: Path, evals: pd.DataFrame) -> Verdict:
+    """One ExtraFinding's verdict (issue 8.6); a cross-scale finding reads the stores of its scales together."""
+    name = study.metric.name(scale)
+    mine = evals[evals["study"] == study.name] if not evals.empty else evals
+    values = final_values(mine, name, study.metric.sampler, study.metric.nfe) if not mine.empty else mine
+    by_scale = None
+    if extra.kind.startswith("cross-scale") and scale not in extra.not_applicable:
+        scales = extra.params.get("scales") or (extra.params["treatment"][0], extra.params["control"][0])
+        by_scale = {}
+        for sc in scales:
+            other = load_results(root, study=study.name, scale=sc, kind="evals")
+            by_scale[sc] = (final_values(other, study.metric.name(sc), study.metric.sampler, study.metric.nfe[:1])
+                            if not other.empty else other)
+    return extra_verdict(study, extra, scale, values, mine, name, by_scale)
+
+
 def write_report(root: str | Path, scale: str, studies: list) -> Path:
     """Analyse every study at `scale` and write report.md, verdicts.csv, tables and figures."""
     root = Path(root)
@@ -237,6 +253,13 @@ def write_report(root: str | Path, scale: str, studies: list) -> Path:
                      f"- Paper: {study.finding.claim}. Holds if {study.finding.holds_if}.",
                      f"- Metric: {study.metric.description} (`{study.metric.name(scale)}`).",
                      f"- Verdict: **{verdict.verdict}**. {verdict.detail}", ""]
+        for extra in study.extra_findings:
+            ev = analyze_extra(study, extra, scale, root, evals)
+            verdicts.append(ev.as_row())
+            eci = "" if not math.isfinite(ev.effect) else f"{ev.effect:+.3g} [{ev.ci_low:+.3g}, {ev.ci_high:+.3g}]"
+            lines.append(f"| {study.name} | {extra.claim} | **{ev.verdict}** | {eci} | {ev.seeds} |")
+            sections += [f"- Further finding: {extra.claim}. Holds if {extra.holds_if}. "
+                         f"Verdict: **{ev.verdict}**. {ev.detail}", ""]
         if not table.empty:
             sections += [markdown_table(table), ""]
             if (root / scale / "figures" / f"{study.name}.png").exists():
