@@ -15,13 +15,17 @@ Choices, stated:
 - Shared parameters: all of the model's parameters (one network serves every task).
 - Weights: the raw trained weights (`model` of the checkpoint, what the optimiser steps), not the EMA weights
   that `dynamics.api.load_run` gives for sampling.
-- The step: a copy of the run's optimiser (Adam with its moments and step count from the checkpoint), so the
-  step is the one training would take; the run's gradient clipping applies. `optimizer="sgd"`: theta - lr * g.
+- The step (`optimizer`), default `sgd`: the plain gradient step theta - lr g_i that TAG writes (DESIGN
+  section 5). `sgd-length`: a gradient step of fixed parameter-space length, theta - L g_i / ||g_i||, with
+  L = lr sqrt(P) (P parameters) unless `step_length` is given: the length of one Adam step at lr (each
+  coordinate moves ~lr), the same at every init, so inits with very different gradient norms (a random init
+  against a trained one) are compared on equal terms (O3's default). `adam`: a copy of the run's optimiser
+  with its moments and step count from the checkpoint: at a trained init ~90% of every task's step is the
+  run's shared momentum (beta1 = 0.9), and at a fresh init it is Adam's sign-like first step, so it measures
+  the optimiser state as much as the task. The run's gradient clipping applies to every step.
   The learning rate is the run's `train.lr` (its rate after warm-up) unless `lr` is given: the schedule's
   value would make checkpoints incomparable (a step-0 warm-up rate is 1/warmup of it, a finished cosine run's
-  is 0). A fresh init has an empty Adam state, so its first step is Adam's sign-like first step. With a
-  trained state, Adam's momentum carries the run's past gradients (beta1 = 0.9 of the first moment), so rows
-  of the matrix share much of their step; `sgd` isolates task i's gradient.
+  is 0).
 - The target: u_tgt = v - (t - r) du/dt depends on theta through the JVP (and CFG guidance). By default it is
   recomputed at theta_i' (L_j(theta_i') is the loss training would see there); `recompute_target=False`
   keeps the target computed at theta, so only the prediction u moves.
@@ -66,7 +70,7 @@ from .results import CONFIG_FILE, atomic_write_bytes, checkpoint_path
 from .train import Trainer
 
 METHODS = ("lookahead", "cosine")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("sgd", "sgd-length", "adam")
 TAS_FILE = "tas.csv"
 _TAS_STREAM = 4  # generator stream id for TAS draws (data uses 0/1, the objective 2, evaluation 3)
 
@@ -218,8 +222,12 @@ def _task_gradient(task: Task, model: nn.Module, x: Tensor, d: _Draw, step: int,
 
 
 def _lookahead_optimizer(params: list[nn.Parameter], optimizer: torch.optim.Optimizer | None,
-                         lr: float) -> torch.optim.Optimizer:
-    """A throw-away copy of the run's optimiser (its state deep-copied: loading a state aliases it), or SGD."""
+                         lr: float, step_length: float | None = None) -> torch.optim.Optimizer:
+    """A throw-away copy of the run's optimiser (its state deep-copied: loading a state aliases it), SGD, or
+    (step_length given) SGD whose rate makes the step's length step_length."""
+    if step_length is not None:
+        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
+        return torch.optim.SGD(params, lr=step_length / max(float(norm), 1e-30))
     if optimizer is None:
         return torch.optim.SGD(params, lr=lr)
     twin = type(optimizer)(params, **optimizer.defaults)
@@ -231,9 +239,11 @@ def _lookahead_optimizer(params: list[nn.Parameter], optimizer: torch.optim.Opti
 
 def lookahead_matrix(model: nn.Module, tasks: Sequence[Task], x: Tensor, y: Tensor | None, draw_seed: int, *,
                      lr: float, optimizer: torch.optim.Optimizer | None = None, recompute_target: bool = True,
-                     recompute_weight: bool = False, step: int = 0, grad_clip: float = 0.0) -> Tensor:
+                     recompute_weight: bool = False, step: int = 0, grad_clip: float = 0.0,
+                     step_length: float | None = None) -> Tensor:
     """Z[i, j] = 1 - L_j(theta_i') / L_j(theta) on one batch; theta_i' = one step of `optimizer` (a copy;
-    None: SGD) at `lr` on task i's gradient. The model's weights and `optimizer` are left unchanged.
+    None: SGD) at `lr` on task i's gradient, or with `step_length` a gradient step of that length.
+    The model's weights and `optimizer` are left unchanged.
     recompute_target / recompute_weight: whether the stop-gradient target u_tgt / adaptive normaliser
     (D + c)^p of L_j(theta_i') are recomputed at theta_i' or kept from theta."""
     draws = [_draw(task, x, y, draw_seed) for task in tasks]
@@ -248,7 +258,7 @@ def lookahead_matrix(model: nn.Module, tasks: Sequence[Task], x: Tensor, y: Tens
     for i, (task, d) in enumerate(zip(tasks, draws)):
         try:
             _task_gradient(task, model, x, d, step, grad_clip)
-            _lookahead_optimizer(params, optimizer, lr).step()
+            _lookahead_optimizer(params, optimizer, lr, step_length).step()
             model.zero_grad(set_to_none=True)
             # the frozen-target wrapper tells the prediction (grad on) from the target (no_grad): keep grad on
             with torch.set_grad_enabled(not recompute_target):
@@ -361,7 +371,7 @@ def _check(method: str, optimizer: str, batches: int, train_window: int, lr: flo
 
 def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Task | TaskSpec | str] | str,
                   method: str = "lookahead", batches: int = 16, *, cfg: RunConfig | None = None,
-                  epoch: float | None = None, optimizer: str = "adam", lr: float | None = None,
+                  epoch: float | None = None, optimizer: str = "sgd", lr: float | None = None,
                   recompute_target: bool = True, recompute_weight: bool = False, train_window: int = 0,
                   batch_size: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                   progress: bool = False) -> pd.DataFrame:
@@ -389,6 +399,8 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
         raise AffinityError(f"train_window={train_window}: {needed} training steps from step {trainer.step} run "
                             f"past the run's {trainer.total_steps} steps; measure an earlier --epoch or use 0")
     step_lr = lr if lr is not None else run_cfg.train.lr
+    n_params = sum(p.numel() for p in _parameters(trainer.model))
+    step_length = step_lr * math.sqrt(n_params) if optimizer == "sgd-length" else None
     bs = batch_size or run_cfg.train.batch_size
     start_step = trainer.step
     values: list[Tensor] = []
@@ -415,7 +427,8 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
                 values.append(lookahead_matrix(
                     trainer.model, resolved, x, y, draw_seed, lr=step_lr,
                     optimizer=trainer.opt if optimizer == "adam" else None, recompute_target=recompute_target,
-                    recompute_weight=recompute_weight, step=trainer.step, grad_clip=run_cfg.train.grad_clip))
+                    recompute_weight=recompute_weight, step=trainer.step, grad_clip=run_cfg.train.grad_clip,
+                    step_length=step_length))
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -426,6 +439,8 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
     if method == "lookahead":
         frame.attrs.update(optimizer=optimizer, lr=step_lr, recompute_target=recompute_target,
                            recompute_weight=recompute_weight)
+        if step_length is not None:
+            frame.attrs.update(step_length=step_length)
     return frame
 
 
@@ -452,19 +467,39 @@ def describe(frame: pd.DataFrame) -> str:
     return ", ".join(f"{k}={v}" for k, v in frame.attrs.items())
 
 
+# O3's step variants (issue 8.5): the verdict is computed under each; `b` is the headline.
+STUDY_VARIANTS: dict[str, dict] = {
+    "a: grad step at run lr": dict(method="lookahead", optimizer="sgd"),
+    "b: grad step of equal length": dict(method="lookahead", optimizer="sgd-length"),
+    "c: run's Adam state": dict(method="lookahead", optimizer="adam"),
+    "d: gradient cosine": dict(method="cosine"),
+}
+DEFAULT_VARIANT = "b: grad step of equal length"
+
+
 def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
+                   overrides: list[str] | None = None, variants: Sequence[str] | None = None,
                    **kwargs) -> pd.DataFrame:
     """TAS of every init of a study (its `task_inits`) for each seed, written to <root>/<scale>/<study>/tas.csv.
 
     The random init (None) is a fresh init of the study's config with that seed (its phases replaced by one
     joint phase, no parent run); the other inits are their runs' final checkpoints, found through the launch
-    plan. Long format: init, seed, source, target, method, value (the mean over batches), std, n, then the
-    settings (weights, step, lr, ...)."""
+    plan (with the same key=value `overrides` as `dynamics run`). Every variant of STUDY_VARIANTS (or those
+    named) is measured; each lookahead variant twice, with the target recomputed at theta' and held at theta
+    (column `target_mode`). Long format: init, seed, variant, target_mode, source, target, method, value (the
+    mean over batches), std, n, then the settings (weights, step, lr, ...). `kwargs` (batches, device, ...)
+    apply to every variant; method / optimizer / recompute_target are the variants' own."""
     from .launch import plan
 
     if not study.tasks or not study.task_inits:
         raise AffinityError(f"study {study.name} declares no TAS tasks and inits (Study.tasks, Study.task_inits)")
-    runs = plan([study], scale, root, seeds)
+    names = list(STUDY_VARIANTS) if variants is None else list(variants)
+    unknown = [v for v in names if v not in STUDY_VARIANTS]
+    if unknown:
+        raise AffinityError(f"variant {unknown[0]!r} is not known; choose from {', '.join(STUDY_VARIANTS)}")
+    for key in ("method", "optimizer", "recompute_target"):
+        kwargs.pop(key, None)
+    runs = plan([study], scale, root, seeds, overrides=overrides)
     if not runs:
         raise AffinityError(f"study {study.name} has no runs at scale {scale}")
     by_key = {r.spec.key: r for r in runs}
@@ -486,10 +521,17 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
                     raise AffinityError(f"study {study.name}: init {init!r} (run {run.spec.key}) is {run.state} in "
                                         f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
                 source = run.run_dir
-            part = task_affinity(source, list(study.tasks), seed=seed, **kwargs)
-            part.insert(0, "init", init)
-            part.insert(1, "seed", seed)
-            parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
+            for variant in names:
+                settings = STUDY_VARIANTS[variant]
+                modes = (("recomputed", True), ("held", False)) if settings["method"] == "lookahead" else (("-", True),)
+                for mode, recompute in modes:
+                    part = task_affinity(source, list(study.tasks), seed=seed, recompute_target=recompute,
+                                         **settings, **kwargs)
+                    part.insert(0, "init", init)
+                    part.insert(1, "seed", seed)
+                    part.insert(2, "variant", variant)
+                    part.insert(3, "target_mode", mode)
+                    parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
     frame = pd.concat(parts, ignore_index=True).rename(columns={"mean": "value"})
     frame.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("weights", "step", "seed")}
     atomic_write_bytes(Path(root) / scale / study.name / TAS_FILE, frame.to_csv(index=False).encode())

@@ -144,7 +144,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for study in studies:  # TAS studies (o3) are measured on their finished init runs
         if study.metric.kind == "tas" and args.scale not in study.unsupported:
             try:
-                study_affinity(study, args.scale, args.results, args.seeds)
+                study_affinity(study, args.scale, args.results, args.seeds, overrides=args.overrides)
             except AffinityError as exc:
                 print(f"dynamics: TAS for {study.name} skipped: {exc}", file=sys.stderr)
     out = write_report(args.results, args.scale, studies)
@@ -167,7 +167,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
-    from experiments.registry import get_study
+    from experiments.registry import RegistryError, get_study
 
     from .affinity import AffinityError, affinity_matrix, describe, study_affinity, task_affinity
     from .results import atomic_write_bytes
@@ -179,16 +179,24 @@ def cmd_tas(args: argparse.Namespace) -> int:
     note = "rows: the task stepped on (source); columns: the task whose loss is measured (target)"
     try:
         if args.study:
-            if args.targets or args.preset or args.tasks or args.out or args.epoch is not None:
+            bad = [a for a in args.targets if "=" not in a]
+            if bad or args.preset or args.tasks or args.out or args.epoch is not None:
                 return _fail("--study takes its tasks and runs from the registry and writes "
-                             "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch")
+                             "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch "
+                             "(key=value overrides, as for `dynamics run`, are allowed)")
             if not args.scale:
                 return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
-            frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds, **settings)
+            frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
+                                   overrides=args.targets, **settings)
             print(f"{describe(frame)}; {note}")
-            for init, part in frame.groupby("init", sort=False):
-                print(f"\ninit {init} (mean over {part['seed'].nunique()} seeds):")
+            from .affinity import DEFAULT_VARIANT
+
+            default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
+            for init, part in default.groupby("init", sort=False):
+                print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
+                      "seeds):")
                 print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
+            print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
             print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
             return 0
         if args.preset:
@@ -198,7 +206,7 @@ def cmd_tas(args: argparse.Namespace) -> int:
         else:
             return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
         frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
-    except AffinityError as exc:
+    except (AffinityError, RegistryError) as exc:
         return _fail(str(exc))
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))
@@ -304,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="lookahead", choices=("lookahead", "cosine"))
     p.add_argument("--batches", type=int, default=16, help="batches averaged over (default: 16)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
-                   help="lookahead step: a copy of the run's Adam state (default) or plain SGD")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "sgd-length", "adam"),
+                   help="lookahead step: a plain gradient step at lr (default), one of length lr*sqrt(#params), "
+                        "or a copy of the run's Adam state (--study measures all of them)")
     p.add_argument("--lr", type=float, default=None, help="lookahead learning rate (default: the run's train.lr)")
     p.add_argument("--no-recompute-target", action="store_true",
                    help="keep the MeanFlow target computed at theta after the lookahead step")

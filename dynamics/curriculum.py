@@ -64,21 +64,25 @@ class ProgressiveUWeight:
 
 
 class DTDSchedule:
-    """DTD (Kim et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
+    """DTD (Kim, Go et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
 
     Cluster j covers the quantiles [1 - (j + 1) / N, 1 - j / N] (j = 0 is t near 1, the noisiest and
-    easiest denoising task). At stage s the clusters 0..s are open and t is drawn from their union;
-    at stage N - 1 that union is the whole base distribution. The stage advances
-    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible), or
-    - `patience`: after `patience` windows of `window` steps in which the windowed mean v-loss did not
-      reach a new minimum for the current stage (the minimum resets when a cluster opens).
-    Choices the paper leaves open, stated: clusters accumulate (union, not one at a time); patience
-    compares the raw per-sample v error D, which is comparable within a stage.
+    easiest denoising task). At stage s the clusters 0..s are open and t is drawn from their union (DTD's
+    accumulation); at stage N - 1 that union is the whole base distribution, kept to the end of the run. DTD
+    clusters the timesteps uniformly under its uniform sampler; under a non-uniform base sampler
+    equal-probability clusters carry that rule over. The stage advances
+    - `patience` (default, DTD's adaptive pacing): the mean v error over a window of P = patience * T steps
+      (at least 1) is compared with the best window of the current stage; a window that does not improve on
+      it means no improvement within the maximum patience, and the next cluster opens (the best resets);
+    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible).
+    Choices the DTD paper leaves open, stated: the loss compared is the raw per-sample v error D (comparable
+    within a stage), averaged over the window instead of smoothed per iteration.
     """
 
     def __init__(self, cfg: DTDConfig, total_steps: int):
         self.cfg = cfg
         self.total_steps = total_steps
+        self.window = max(1, round(cfg.patience * total_steps))
         self.stage = 0
         self.best = math.inf
         self.bad_windows = 0
@@ -103,17 +107,15 @@ class DTDSchedule:
             return
         self.window_sum += loss_v
         self.window_n += 1
-        if self.window_n < self.cfg.window:
+        if self.window_n < self.window:
             return
         mean = self.window_sum / self.window_n
         self.window_sum, self.window_n = 0.0, 0
         if mean < self.best:
             self.best, self.bad_windows = mean, 0
             return
-        self.bad_windows += 1
-        if self.bad_windows >= self.cfg.patience:
-            self.stage += 1
-            self.best, self.bad_windows = math.inf, 0
+        self.stage += 1  # no improvement within the patience window: open the next cluster
+        self.best, self.bad_windows = math.inf, 0
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("stage", "best", "bad_windows", "window_sum", "window_n")}
@@ -123,13 +125,25 @@ class DTDSchedule:
             setattr(self, k, v)
 
 
-def contaminate(v: Tensor, gen: torch.Generator, k: float) -> Tensor:
-    """O1's corrupted v target: v + k |v| xi / |xi|, xi ~ N(0, I) per sample (noise of norm exactly k |v|)."""
+def contamination_noise(v: Tensor, gen: torch.Generator, k: float, form: str = "literal") -> Tensor:
+    """O1's noise on the v-row target, for the conditional velocities `v` of those rows.
+
+    literal (default; the paper: "Gaussian noise ... scaled by k * ||v_t(z_t|eps)||"): k ||v|| xi with
+    xi ~ N(0, I) per element, so ||noise|| ~ k ||v|| sqrt(d): the same k is sqrt(d1 / d2) times stronger on
+    d1-dimensional data than on d2-dimensional data (B/4 latents, d = 4096, against 2-D toy data: ~45x).
+    normalised: k ||v|| xi / ||xi||, noise of norm exactly k ||v|| at every d.
+    ||v|| is the per-sample norm of the conditional velocity e - x, not of the CFG-guided velocity.
+    """
     xi = torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype)
-    v_norm = v.flatten(1).norm(dim=1)
-    xi_norm = xi.flatten(1).norm(dim=1)
-    scale = (k * v_norm / xi_norm).reshape(-1, *([1] * (v.dim() - 1)))
-    return v + scale * xi
+    scale = k * v.flatten(1).norm(dim=1)
+    if form == "normalised":
+        scale = scale / xi.flatten(1).norm(dim=1)
+    return scale.reshape(-1, *([1] * (v.dim() - 1))) * xi
+
+
+def contaminate(v: Tensor, gen: torch.Generator, k: float, form: str = "literal") -> Tensor:
+    """v + contamination_noise(v): the corrupted target when the target is v itself."""
+    return v + contamination_noise(v, gen, k, form)
 
 
 def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
@@ -151,7 +165,8 @@ def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
         alpha=alpha,
         beta=beta,
         v_time_curriculum=dtd if obj.v_sampling == "dtd" else None,
-        v_target_transform=partial(contaminate, k=obj.contamination_k) if obj.contamination_k > 0 else None,
+        v_target_noise=(partial(contamination_noise, k=obj.contamination_k, form=obj.contamination_form)
+                        if obj.contamination_k > 0 else None),
         cfg=obj.cfg if num_classes > 0 else None,
         num_classes=num_classes,
         jvp_strategy=obj.jvp,

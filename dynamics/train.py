@@ -221,7 +221,10 @@ class Trainer:
         loss_v = float(out.loss_v)
         if self.dtd is not None:
             self.dtd.update(self.step, loss_v)
-        return {"loss": float(out.loss.detach()), "loss_v": loss_v, "loss_u": float(out.loss_u), "lr": lr}
+        stats = {"loss": float(out.loss.detach()), "loss_v": loss_v, "loss_u": float(out.loss_u), "lr": lr}
+        if out.noise_ratio is not None:  # O1 contamination: the measured ||noise|| / ||v|| (issue 8.4)
+            stats["noise_ratio"] = float(out.noise_ratio)
+        return stats
 
     def evaluate(self) -> None:
         if not self.dist.is_main:

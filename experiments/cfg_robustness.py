@@ -15,8 +15,8 @@ from .registry import (
     Reference,
     RunSpec,
     base_config,
-    full_method,
     joint,
+    paper_method,
     register,
 )
 
@@ -34,12 +34,12 @@ UNCONDITIONAL = "needs class-conditional data (digits and up); the toy 2-D data 
                     treatment="full", control="vanilla"),
     unsupported={scale: UNCONDITIONAL for scale, s in SCALE_SETTINGS.items() if not s.class_conditional},
     reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
-    notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",),
+    notes=(f"method: {paper_method('cfg-robustness')} at every scale (the paper's method at M/2, L/2, XL/2)",),
 )
 def cfg_robustness(scale: str) -> list[RunSpec]:
     runs = []
     for w, kappa in SETTINGS:
-        for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale))):
+        for arm, method in (("vanilla", "vanilla"), ("full", paper_method("cfg-robustness"))):
             cfg = base_config(scale, method)
             cfg.phases = [joint(EPOCHS)]
             cfg.objective.cfg.w = w

@@ -4,7 +4,30 @@ from __future__ import annotations
 
 from dynamics.config import METHODS
 
-from .registry import U_BAR, Finding, Metric, Reference, RunSpec, base_config, joint, register
+from .registry import (
+    SMALL_SCALES_NA,
+    U_BAR,
+    ExtraFinding,
+    Finding,
+    Metric,
+    Reference,
+    RunSpec,
+    base_config,
+    joint,
+    register,
+)
+
+EXTRA = (
+    ExtraFinding("minsnr-gap-shrinks", "MinSNR's advantage over DTD shrinks from B/4 to M/2 and L/2",
+                 "1-NFE(dtd) - 1-NFE(minsnr) is smaller at M/2 and at L/2 than at B/4 (relative to vanilla's value)",
+                 kind="cross-scale-gap", tag="method",
+                 params={"arms": ("dtd", "minsnr"), "scales": ("b4", "m2", "l2")}, not_applicable=SMALL_SCALES_NA),
+    ExtraFinding("l2-method-matches-xl2", "L/2 with DTD + L_u is about XL/2 vanilla (3.47 vs 3.43 1-NFE FID)",
+                 "|1-NFE(L/2 dtd-lu) - 1-NFE(XL/2 vanilla)| <= 5% of XL/2 vanilla's (the paper's gap is 1.2%)",
+                 kind="cross-scale-match", tag="method",
+                 params={"treatment": ("l2", "dtd-lu"), "control": ("xl2", "vanilla"), "margin": 0.05},
+                 not_applicable=SMALL_SCALES_NA),
+)
 
 EPOCHS = 240
 
@@ -19,6 +42,7 @@ EPOCHS = 240
                     comparison="better", tag="method", treatment=tuple(m for m in METHODS if m != "vanilla"),
                     control="vanilla"),
     reference=(Reference({"method": "vanilla"}, U_BAR, label="vanilla"),),
+    extra_findings=EXTRA,
 )
 def main(scale: str) -> list[RunSpec]:
     runs = []

@@ -82,26 +82,41 @@ SCALE_SETTINGS: dict[str, ScaleSettings] = {
     "xl2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
 }
 
-# The paper's "full method" per scale: MinSNR + L_u is its best on B/4; it picks DTD + L_u as the primary
-# driver at M/2, L/2 and XL/2 (MinSNR's gain fades with scale). The small scales follow the large-scale choice.
-FULL_METHOD: dict[str, str] = {
-    "smoke": "dtd-lu", "cpu": "dtd-lu", "digits": "dtd-lu",
-    "b4": "minsnr-lu", "m2": "dtd-lu", "l2": "dtd-lu", "xl2": "dtd-lu",
+# The method each study compares with vanilla, as the paper ran it (issue 8.6), the same at every scale so a
+# grid reads the same everywhere:
+# - k-schedule: the paper's k = 1 value (10.20 at B/4) is its DTD + L_u row;
+# - v-quality: the paper's only v-quality comparison is B/4's MeanFlow 7.61 against "ours w MinSNR" 7.09;
+# - convergence (2.1x M/2, 2.3x L/2, 2.5x XL/2) and CFG robustness: DTD + L_u, its primary method at M/2 and up.
+PAPER_METHOD: dict[str, str] = {
+    "k-schedule": "dtd-lu", "v-quality": "minsnr-lu", "convergence": "dtd-lu", "cfg-robustness": "dtd-lu",
 }
+
+
+def paper_method(study: str) -> str:
+    """The method `study` compares with vanilla (PAPER_METHOD)."""
+    if study not in PAPER_METHOD:
+        raise RegistryError(f"study {study!r} has no paper method; known: {', '.join(PAPER_METHOD)}")
+    return PAPER_METHOD[study]
+
 
 CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_schedule=constant (warm-up kept), so a "
                     "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")
+
+
+def data_dim(cfg: RunConfig) -> int:
+    """Dimensions of one sample of the config's data: 2 (toy), 64 (8x8 digits), 4096 (4 x 32 x 32 latents)."""
+    return {"digits": 64, "imagenet_latents": 4096}.get(cfg.data.name, 2)
+
+
+SINGLE_MODEL_SIZE = ("compares model sizes (B/4 .. XL/2 stores read together); this scale trains one model size, "
+                     "and a width sweep of the toy MLP / tiny DiT would not be an honest analogue of DiT scaling")
+SMALL_SCALES_NA = {s: SINGLE_MODEL_SIZE for s in ("smoke", "cpu", "digits")}
 
 
 def check_scale(scale: str) -> ScaleSettings:
     if scale not in SCALE_SETTINGS:
         raise RegistryError(f"scale={scale!r} is not known; choose one of {', '.join(SCALES)}")
     return SCALE_SETTINGS[scale]
-
-
-def full_method(scale: str) -> str:
-    check_scale(scale)
-    return FULL_METHOD[scale]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -230,6 +245,37 @@ class Finding:
             raise RegistryError(f"Finding.direction={self.direction!r}; allowed: increasing, decreasing")
 
 
+EXTRA_KINDS = ("cross-scale-gap", "cross-scale-match", "non-inferior", "stability")
+
+
+@dataclass(frozen=True)
+class ExtraFinding:
+    """A further claim of the paper read off a study's runs, with its own verdict
+    (dynamics.analysis.verdicts.extra_verdict). kind:
+    cross-scale-gap   - params: arms (a, b), scales (s0, s1, ...): the gap metric(a) - metric(b) shrinks from s0
+                        to every later scale (reads the stores of those scales together);
+    cross-scale-match - params: treatment (scale, arm), control (scale, arm), margin: |treatment - control| is
+                        within margin x control;
+    non-inferior      - params: treatment {tag: value}, control {tag: value}, margin: treatment's metric is at
+                        most control's + margin x the noise-to-data ceiling;
+    stability         - params: phase_tag: the spread (std) of the metric over evaluations after epoch
+                        <phase_tag>, and blow-ups (state diverged or a value above the ceiling), fall as the tag
+                        grows.
+    `tag` names the study tag that holds the arms. `not_applicable`: scale -> why no verdict there."""
+
+    name: str
+    claim: str
+    holds_if: str
+    kind: str
+    tag: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXTRA_KINDS:
+            raise RegistryError(f"ExtraFinding.kind={self.kind!r}; allowed: {', '.join(EXTRA_KINDS)}")
+
+
 @dataclass(frozen=True)
 class Reference:
     """Runs a study's verdict stands on, and how close to the data they must get for it to count.
@@ -292,6 +338,7 @@ class Study:
     task_inits: dict[str, str | None] = field(default_factory=dict)  # init label -> run key (None: random)
     reference: tuple[Reference, ...] = ()  # the learning-regime check: runs and bars the verdict stands on
     module: str = ""
+    extra_findings: tuple[ExtraFinding, ...] = ()  # further claims with their own verdicts (issue 8.6)
 
     @property
     def paper_effect(self):

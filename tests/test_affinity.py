@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dynamics.affinity import (
+    STUDY_VARIANTS,
     AffinityError,
     affinity_matrix,
     cosine_matrix,
@@ -190,7 +191,7 @@ def test_task_affinity_frame_deterministic_and_train_window(smoke_run):
     b = task_affinity(smoke_run, "v,u[0.1,0.3]", **kw)
     pd.testing.assert_frame_equal(a, b)
     assert list(a.columns) == ["source", "target", "method", "mean", "std", "n"] and (a["n"] == 2).all()
-    assert a.attrs["step"] == 20 and a.attrs["optimizer"] == "adam" and a.attrs["recompute_target"]
+    assert a.attrs["step"] == 20 and a.attrs["optimizer"] == "sgd" and a.attrs["recompute_target"]
     assert list(affinity_matrix(a).index) == ["v", "u[0.1,0.3]"]
     fresh = task_affinity(_smoke("train.epochs=4"), ["v", "u"], train_window=3, **kw)
     assert fresh.attrs["step"] == 0 and fresh["mean"].notna().all()
@@ -224,5 +225,71 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys):
     assert cli_main(args) == 0
     frame = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
     assert {"init", "seed", "source", "target", "method", "value"} <= set(frame.columns)
-    assert list(dict.fromkeys(frame["init"])) == ["random", "v-only", "u-small"] and len(frame) == 3 * 25
+    # 3 inits x (3 lookahead variants x {recomputed, held} target + cosine) x 25 pairs
+    assert list(dict.fromkeys(frame["init"])) == ["random", "v-only", "u-small"] and len(frame) == 3 * 7 * 25
+    assert set(frame["variant"]) == set(STUDY_VARIANTS)
+    held = frame[frame["target_mode"] == "held"]
+    assert set(held["variant"]) == {v for v, s in STUDY_VARIANTS.items() if s["method"] == "lookahead"}
     assert (frame.groupby("init")["step"].first() > 0).to_dict() == {"random": False, "u-small": True, "v-only": True}
+    # key=value overrides as for `dynamics run` (issue 8.5): a grid with overrides has other run directories
+    assert cli_main(args + ["train.lr=0.002"]) == 2
+    assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
+    assert cli_main(args + ["train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
+
+
+class _LinearInParams(torch.nn.Module):
+    """u = W [z, t, t - r, 1]: linear in its parameters W, so every loss below is quadratic in W."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.randn(2, 5, generator=torch.Generator().manual_seed(0)) * 0.3)
+
+    @staticmethod
+    def features(z, r, t):
+        return torch.cat([z, t[:, None], (t - r)[:, None], torch.ones_like(t)[:, None]], dim=1)
+
+    def forward(self, z, r, t, y=None):
+        return self.features(z, r, t) @ self.W.T
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd-length"])
+def test_lookahead_on_a_model_linear_in_its_parameters(optimizer):
+    """Issue 8.5: the lookahead against an independent closed-form computation. With the target held at
+    theta the targets are fixed, each L_j(W) = mean_n w_n ||W phi_n - y_n||^2 / (D_n + c)^p is a quadratic
+    in W, its gradient is written out by hand, and a small gradient step must lower the task's own loss."""
+    cfg = _smoke("objective.adaptive_p=1.0")
+    tasks = tasks_from_specs(cfg, ["v", "u[0.1,0.3]", "u[0.7,0.9]"])
+    model, x, seed, lr = _LinearInParams(), _batch(), 11, 1e-3
+    length = 0.01
+    z = lookahead_matrix(model, tasks, x, None, seed, lr=lr, recompute_target=False,
+                         step_length=length if optimizer == "sgd-length" else None)
+
+    W = model.W.detach().double()
+    pieces = []
+    for task in tasks:
+        gen = torch.Generator().manual_seed(seed)
+        t, r, e, _, n_v = task.loss_fn.draw(x, None, gen)
+        out = task.loss_fn.loss(model, x, e, t, r, None, n_v=n_v, gen=gen)
+        zt = interpolate(x, e, t)
+        phi = _LinearInParams.features(zt, r, t).double()
+        coef = (out.weight.double() / (out.D.double() + task.loss_fn.c) ** task.loss_fn.p)  # fixed weights
+        pieces.append((phi, out.target.double(), coef))
+
+    def loss(j, W_):
+        phi, y, coef = pieces[j]
+        return float((coef * ((phi @ W_.T - y) ** 2).sum(1)).mean())
+
+    def grad(j, W_):
+        phi, y, coef = pieces[j]
+        resid = phi @ W_.T - y  # n x 2
+        return 2 * (coef[:, None] * resid).T @ phi / len(phi)  # d/dW of mean(coef ||W phi - y||^2)
+
+    for i in range(len(tasks)):
+        g = grad(i, W)
+        step = length * g / g.norm() if optimizer == "sgd-length" else lr * g
+        W_i = W - step
+        for j in range(len(tasks)):
+            expected = 1 - loss(j, W_i) / loss(j, W)
+            assert z[i, j].item() == pytest.approx(expected, rel=1e-4, abs=1e-7), (i, j)
+        assert z[i, i] > 0  # a small descent step on a quadratic lowers its own loss

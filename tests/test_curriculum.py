@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from dynamics.config import DTDConfig, PhaseConfig, SamplerConfig, apply_overrides, preset
-from dynamics.curriculum import DTDSchedule, MinSNRWeight, ProgressiveUWeight, build_objective, contaminate
+from dynamics.curriculum import (
+    DTDSchedule,
+    MinSNRWeight,
+    ProgressiveUWeight,
+    build_objective,
+    contaminate,
+    contamination_noise,
+)
 from dynamics.meanflow import MeanFlowLoss, adaptive_loss, build_sampler
 from dynamics.meanflow import target as target_module
 from dynamics.models.mlp import MLP
@@ -84,20 +91,32 @@ def test_dtd_pace_opens_clusters_and_draws_follow():
 
 
 def test_dtd_patience_advances_on_plateau_only():
-    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=2, window=5), total_steps=10_000)
+    """Issue 8.6: DTD's adaptive pacing with the patience a fraction of the run (1e-3 of 10,000 steps = 10)."""
+    assert (DTDConfig().clusters, DTDConfig().mode) == (20, "patience")  # the DTD paper's N and pacing
+    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=1e-3), total_steps=10_000)
+    assert dtd.window == 10
+    assert DTDSchedule(DTDConfig(patience=1e-3), total_steps=100_000).window == 100  # scales with the run
     step = 0
-    for value in [5.0] * 5 + [4.0] * 5:  # two improving windows
+    for value in [5.0] * 10 + [4.0] * 10:  # two improving windows
         step += 1
         dtd.update(step, value)
     assert dtd.stage == 0
-    for _ in range(10):  # two windows without improvement -> the next cluster opens
+    for _ in range(9):  # not yet a full window without improvement
         step += 1
         dtd.update(step, 4.5)
-    assert dtd.stage == 1 and dtd.bad_windows == 0
+    assert dtd.stage == 0
+    step += 1
+    dtd.update(step, 4.5)  # a whole patience window without improvement -> the next cluster opens
+    assert dtd.stage == 1 and dtd.best == float("inf")
+    for value in [4.5] * 10 + [4.6] * 10:  # the best resets per stage; then a plateau opens the last cluster
+        step += 1
+        dtd.update(step, value)
+    assert dtd.stage == 2 and dtd.finished
 
 
 def test_dtd_stage_survives_resume(tmp_path):
     cfg = _smoke("objective.v_sampling=dtd", "objective.dtd.clusters=5", "objective.dtd.pace_until=0.5",
+                 "objective.dtd.mode=pace",
                  "train.epochs=4", "train.ckpt_every=10")
     first = Trainer(cfg, tmp_path / "run")
     first.run(stop_after=10)
@@ -167,11 +186,41 @@ def test_two_phase_run_continues_from_the_first_phase(tmp_path):
 
 # -- contamination -------------------------------------------------------------------------------------
 
-def test_contamination_noise_norm_is_k_times_v():
+def test_contamination_normalised_noise_norm_is_k_times_v():
     v = torch.randn(32, 1, 4, 4, dtype=torch.float64)
-    noisy = contaminate(v, torch.Generator().manual_seed(0), k=0.03)
+    noisy = contaminate(v, torch.Generator().manual_seed(0), k=0.03, form="normalised")
     noise_norm = (noisy - v).flatten(1).norm(dim=1)
     assert torch.allclose(noise_norm, 0.03 * v.flatten(1).norm(dim=1), rtol=1e-10)
+
+
+def test_contamination_literal_is_k_norm_v_times_standard_normal():
+    """Issue 8.4: the paper's wording, noise = k ||v|| xi with xi ~ N(0, I) per element, so
+    ||noise|| / ||v|| ~ k sqrt(d) (the normalised form would give exactly k)."""
+    d, k = 4096, 0.03
+    v = torch.randn(64, d, dtype=torch.float64) * torch.rand(64, 1, dtype=torch.float64)
+    noise = contamination_noise(v, torch.Generator().manual_seed(0), k)
+    xi = noise / (k * v.norm(dim=1, keepdim=True))
+    assert abs(float(xi.mean())) < 0.01 and abs(float(xi.std()) - 1.0) < 0.01
+    ratio = noise.norm(dim=1) / v.norm(dim=1)
+    assert float(ratio.mean()) == pytest.approx(k * d**0.5, rel=0.02)  # ~1.92 at B/4, not 0.03
+
+
+def test_contamination_ratio_is_logged_and_uses_the_conditional_velocity(tmp_path):
+    cfg = _smoke("objective.contamination_k=0.5", "train.epochs=1")
+    Trainer(cfg, tmp_path / "run").run()
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "noise_ratio" in r]
+    assert rows and all(r["noise_ratio"] == pytest.approx(0.5 * 2**0.5, rel=0.35) for r in rows)
+    # the v rows' target is v + k ||v|| xi with v = e - x, the conditional velocity (CFG guidance aside)
+    loss_fn = build_objective(_smoke("objective.contamination_k=0.5", "objective.contamination_form=normalised"),
+                              PhaseConfig(epochs=1))
+    x = torch.randn(256, 2)
+    gen = torch.Generator().manual_seed(0)
+    t, r, e, y, n_v = loss_fn.draw(x, None, gen)
+    out = loss_fn.loss(MLP(width=16, depth=2), x, e, t, r, y, n_v=n_v, gen=gen)
+    v = e - x
+    noise = out.target[:n_v] - v[:n_v]
+    assert torch.allclose(noise.norm(dim=1), 0.5 * v[:n_v].norm(dim=1), rtol=1e-5)
+    assert float(out.noise_ratio) == pytest.approx(0.5, rel=1e-5)
 
 
 def test_contamination_only_touches_v_rows_and_k0_is_vanilla():

@@ -222,3 +222,51 @@ def test_sinusoidal_mlp_runs_under_jvp():
     z, r, t, v = _inputs((2,))
     _, dudt = total_derivative(model, z, r, t, v)
     assert torch.isfinite(dudt).all() and not math.isnan(float(dudt.sum().detach()))
+
+
+@pytest.mark.parametrize("rows", ["leading", "random"])
+def test_class_dropout_rows(rows):
+    """Issue 8.3: by default the dropped rows are the batch's first rows (the official layout), so every
+    null-class row has r = t; `random` drops rows anywhere, u rows included."""
+    cfg = CFGConfig(class_dropout=0.1, dropout_rows=rows, w=1.0, kappa=0.0)
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.75, cfg=cfg, num_classes=10)
+    x, y = torch.randn(512, 2), torch.zeros(512, dtype=torch.long)
+    n_drop, n_u_drop = 0, 0
+    for seed in range(8):
+        t, r, _, y_in, n_v = loss_fn.draw(x, y, torch.Generator().manual_seed(seed))
+        dropped = y_in == 10
+        n_drop += int(dropped.sum())
+        n_u_drop += int((dropped & (r != t)).sum())
+        if rows == "leading":
+            k = int(dropped.sum())
+            assert dropped[:k].all() and not dropped[k:].any()
+            assert torch.equal(t[dropped], r[dropped])  # the null class only ever sees r = t
+    assert 0.07 < n_drop / (8 * 512) < 0.13
+    assert (n_u_drop == 0) if rows == "leading" else (n_u_drop > 0)
+
+
+@pytest.mark.parametrize("strategy", ["rows", "fused", "full"])
+def test_target_is_float32_under_bf16_autocast(strategy):
+    """Issue 8.2: the JVP, the target and the CFG guidance forwards feeding it run in float32 with autocast
+    off, even when the caller (the trainer on GPU) wraps the objective in bf16 autocast."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_dit("tiny", input_size=4, in_channels=1, num_classes=3, patch_size=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model64 = copy.deepcopy(model).double()
+    cfg = CFGConfig(class_dropout=0.1, w=0.2, kappa=0.5, t_min=0.0, t_max=0.9)
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.5, cfg=cfg, num_classes=3,
+                           jvp_strategy=strategy)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(16, 1, 4, 4, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+    t, r, e, y, n_v = loss_fn.draw(x, y, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss_fn.loss(model, x, e, t, r, y, n_v=n_v)
+    ref = loss_fn.loss(model64, x.double(), e.double(), t.double(), r.double(), y, n_v=n_v)
+    assert out.target.dtype == torch.float32
+    err = (out.target.double() - ref.target).abs().max() / ref.target.abs().max()
+    assert err < 1e-5, err

@@ -7,7 +7,7 @@ import pytest
 
 from dynamics.config import METHODS, SCALES, preset
 from experiments.registry import (
-    FULL_METHOD,
+    PAPER_METHOD,
     SCALE_SETTINGS,
     Finding,
     Metric,
@@ -104,9 +104,19 @@ def test_o1_fixed_budget_grid():
 
 
 def test_o1_contaminated_grid():
-    runs = get_study("o1-contaminated-v").runs("b4")
-    assert [r.config.objective.contamination_k for r in runs] == [0.0, 0.01, 0.03, 0.1, 0.3]
-    assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
+    """Issue 8.4: literal noise at the paper's k on B/4; at smaller d the k that gives B/4's noise-to-signal
+    ratio (k sqrt(4096 / d)); the normalised form at the paper's k as written."""
+    for scale, factor in (("b4", 1.0), ("digits", 8.0), ("cpu", 4096**0.5 / 2**0.5)):
+        runs = get_study("o1-contaminated-v").runs(scale, seeds=1)
+        literal = [r for r in runs if r.tags["form"] == "literal"]
+        assert [r.tags["k"] for r in literal] == [0.0, 0.01, 0.03, 0.1, 0.3]
+        assert [r.config.objective.contamination_k for r in literal] == pytest.approx(
+            [k * factor for k in (0.0, 0.01, 0.03, 0.1, 0.3)])
+        assert [r.tags["ratio_b4"] for r in literal] == pytest.approx([0.0, 0.64, 1.92, 6.4, 19.2])
+        normalised = [r for r in runs if r.tags["form"] == "normalised"]
+        assert [(r.config.objective.contamination_k, r.config.objective.contamination_form) for r in normalised] == [
+            (0.03, "normalised"), (0.3, "normalised")]
+        assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
 
 
 def test_o2_interval_bins_grid():
@@ -156,14 +166,18 @@ def test_main_grid_methods():
         assert (obj.beta == "progressive") == method.endswith("lu")
 
 
-def test_k_schedule_and_full_method():
+def test_k_schedule_and_paper_methods():
+    """Issue 8.6: each study compares the paper's method for its result, the same at every scale."""
+    assert PAPER_METHOD == {"k-schedule": "dtd-lu", "v-quality": "minsnr-lu", "convergence": "dtd-lu",
+                            "cfg-robustness": "dtd-lu"}
     for scale in ("b4", "l2", "cpu"):
         runs = get_study("k-schedule").runs(scale, seeds=1)
         assert [r.config.objective.beta_k for r in runs] == [0.5, 1.0, 2.0]
-        for r in runs:
-            assert r.tags["method"] == FULL_METHOD[scale] and r.config.objective.beta == "progressive"
-            assert (r.config.objective.alpha == "minsnr") == (scale == "b4")
-            assert (r.config.objective.v_sampling == "dtd") == (scale != "b4")
+        for r in runs:  # the paper's k = 1 value (10.20 at B/4) is its DTD + L_u row
+            assert r.tags["method"] == "dtd-lu" and r.config.objective.beta == "progressive"
+            assert r.config.objective.alpha == "none" and r.config.objective.v_sampling == "dtd"
+        full = [r for r in get_study("v-quality").runs(scale, seeds=1) if r.tags["arm"] == "full"]
+        assert [(r.config.objective.alpha, r.config.objective.v_sampling) for r in full] == [("minsnr", "base")]
 
 
 def test_v_quality_and_convergence():
@@ -171,9 +185,10 @@ def test_v_quality_and_convergence():
     assert [r.tags["arm"] for r in vq] == ["vanilla", "full"]
     assert all(r.config.eval.nfe_v == [32, 64, 128] for r in vq)
     conv = get_study("convergence").runs("cpu", seeds=1)
-    for r in conv:
-        assert r.config.eval.every_epochs == 24 and phases(r) == [(240.0, "both")]
-        assert r.config.train.keep_epochs == [24.0 * i for i in range(1, 11)]
+    for r in conv:  # 2.5x, 2.3x, 2.1x = 96, 104.3, 114.3 epochs: each in its own 8-epoch segment
+        assert r.config.eval.every_epochs == 8 and phases(r) == [(240.0, "both")]
+        assert r.config.train.keep_epochs == [] and r.config.eval.nfe == [1]
+    assert {r.tags["method"] for r in conv} == {"vanilla", "dtd-lu"}
 
 
 def test_cfg_robustness_only_class_conditional():

@@ -19,7 +19,7 @@ from ..results import atomic_write_bytes, load_results
 from .figures import curve_figure, study_figure
 from .power import detectable_from_interval, implied_effect
 from .regime import NOT_IN_REGIME, RegimeResult, blowup_table, check_regime, mark_blowups, regime_status, select_runs
-from .verdicts import Verdict, arm_table, final_values, independent_tags, study_verdict, t_interval
+from .verdicts import Verdict, arm_table, extra_verdict, final_values, independent_tags, study_verdict, t_interval
 
 LARGE_DT_TASKS = ("u[0.5,0.7]", "u[0.7,0.9]")
 
@@ -39,8 +39,22 @@ def _tag_names(study, scale: str) -> list[str]:
     return sorted({k for spec in study.runs(scale, 1) for k in spec.tags if k != "seed"})
 
 
+def crossing_epoch(epochs: np.ndarray, values: np.ndarray, target: float) -> float:
+    """The first epoch > 0 at which the curve, linearly interpolated between evaluations, reaches `target`
+    (lower is better); inf when it never does. Interpolation makes speed-ups other than 240 / N readable."""
+    prev_e, prev_v = None, None
+    for e, v in zip(epochs, values):
+        if e > 0 and v <= target:
+            if prev_e is None or prev_e <= 0 or prev_v <= v:
+                return float(e)
+            return float(prev_e + (prev_v - target) / (prev_v - v) * (e - prev_e))
+        prev_e, prev_v = float(e), float(v)
+    return math.inf
+
+
 def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[Verdict, pd.DataFrame]:
-    """Speed-up = control's final epoch / the epoch the treatment first reaches the control's final value."""
+    """Speed-up = control's final epoch / the (interpolated) epoch the treatment first reaches the control's
+    final value; mean over seeds with a 95% t-interval."""
     f = study.finding
     rows = evals[(evals["metric"] == metric_name) & (evals["sampler"] == study.metric.sampler)
                  & (evals["nfe"] == study.metric.nfe[0])]
@@ -51,8 +65,7 @@ def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[V
         if control.empty or treated.empty:
             continue
         target, final_epoch = float(control["value"].iloc[-1]), float(control["epoch"].iloc[-1])
-        reached = treated[(treated["value"] <= target) & (treated["epoch"] > 0)]
-        epoch = float(reached["epoch"].iloc[0]) if not reached.empty else math.inf
+        epoch = crossing_epoch(treated["epoch"].to_numpy(float), treated["value"].to_numpy(float), target)
         speedups.append(final_epoch / epoch if epoch > 0 else math.nan)
         table.append({"seed": seed, "control_final": target, "epochs_to_target": epoch, "speedup": speedups[-1]})
     mean, low, high = t_interval(np.array(speedups) - 1.0)
@@ -63,17 +76,19 @@ def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[V
         verdict = ("holds" if mean > 0 else "does not hold") + " (1 seed)"
     else:
         verdict = "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
-    detail = f"speed-up {mean + 1:.2f}x (1.0 = none)" if n else "no evaluation curves yet"
+    detail = (f"speed-up {mean + 1:.2f}x [95% CI {low + 1:.2f}x, {high + 1:.2f}x] (1.0 = none; curve interpolated "
+              "between evaluations)" if n else "no evaluation curves yet")
     return Verdict(study.name, f.claim, verdict, mean, low, high, n, detail), pd.DataFrame(table)
 
 
-def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
-    """O3: per init, the mean affinity between the v task and the large-dt u tasks (both directions)."""
+# O3's headline TAS variant (dynamics.affinity.DEFAULT_VARIANT; analysis reads results only, so named here).
+TAS_DEFAULT_VARIANT = "b: grad step of equal length"
+
+
+def _tas_one_variant(study, tas: pd.DataFrame) -> tuple[Verdict, pd.DataFrame]:
+    """The O3 verdict on one TAS table: per init, the mean affinity between the v task and the large-dt u tasks
+    (both directions); the treatment init against the runner-up, paired by seed."""
     f = study.finding
-    if not tas_csv.exists():
-        return (Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0,
-                        f"no {tas_csv.name}: run `dynamics tas --study {study.name} --scale ...`"), pd.DataFrame())
-    tas = pd.read_csv(tas_csv)
     pairs = tas[((tas["source"] == "v") & tas["target"].isin(LARGE_DT_TASKS))
                 | ((tas["target"] == "v") & tas["source"].isin(LARGE_DT_TASKS))]
     per_seed = pairs.groupby(["init", "seed"])["value"].mean().unstack("init")
@@ -90,6 +105,67 @@ def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
         verdict = "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
     return (Verdict(study.name, f.claim, verdict, mean, low, high, n,
                     f"TAS(v <-> large dt): {f.treatment} minus runner-up {runner_up}"), table)
+
+
+def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
+    """O3: the verdict under the default variant (b, target recomputed), and under every other variant and
+    target mode of tas.csv, with a line saying whether the finding depends on the choice (issue 8.5)."""
+    f = study.finding
+    if not tas_csv.exists():
+        return (Verdict(study.name, f.claim, "inconclusive", math.nan, math.nan, math.nan, 0,
+                        f"no {tas_csv.name}: run `dynamics tas --study {study.name} --scale ...`"), pd.DataFrame())
+    tas = pd.read_csv(tas_csv)
+    if "variant" not in tas.columns:  # a single-setting table (older stores)
+        return _tas_one_variant(study, tas)
+    tables, verdicts = [], {}
+    for (variant, mode), part in tas.groupby(["variant", "target_mode"], sort=False):
+        verdict, table = _tas_one_variant(study, part)
+        verdicts[(variant, mode)] = verdict
+        tables.append(table.assign(variant=variant, target_mode=mode, verdict=verdict.verdict,
+                                   effect=verdict.effect))
+    table = pd.concat(tables, ignore_index=True)
+    head = verdicts.get((TAS_DEFAULT_VARIANT, "recomputed")) or next(iter(verdicts.values()))
+    kinds = {v.verdict.split(" (")[0] for v in verdicts.values()}
+    depends = ("the finding does NOT depend on the choice (same verdict under every variant and target mode)"
+               if len(kinds) == 1 else "the finding DEPENDS on the choice: " + "; ".join(
+                   f"{variant} / target {mode}: {v.verdict} ({v.effect:+.3g})"
+                   for (variant, mode), v in verdicts.items()))
+    head.detail = f"{head.detail} [variant {TAS_DEFAULT_VARIANT}, target recomputed]. {depends}"
+    _tas_figure(study, tas, tas_csv.parent.parent / "figures" / study.name)
+    return head, table
+
+
+def _tas_figure(study, tas: pd.DataFrame, out: Path) -> None:
+    """O3's TAS matrices, default variant, per init (columns) with the target recomputed and held (rows)."""
+    from matplotlib.figure import Figure
+
+    part = tas[tas["variant"] == TAS_DEFAULT_VARIANT]
+    inits = list(dict.fromkeys(part["init"]))
+    modes = [m for m in ("recomputed", "held") if m in set(part["target_mode"])]
+    if not inits or not modes:
+        return
+    fig = Figure(figsize=(3.2 * len(inits), 3.0 * len(modes)))
+    axes = np.atleast_2d(fig.subplots(len(modes), len(inits), squeeze=False))
+    order = list(dict.fromkeys(part["source"]))
+    lim = float(np.nanmax(np.abs(part["value"].to_numpy()))) or 1.0
+    for r, mode in enumerate(modes):
+        for c, init in enumerate(inits):
+            cell = part[(part["target_mode"] == mode) & (part["init"] == init)]
+            m = cell.pivot_table(index="source", columns="target", values="value", aggfunc="mean")
+            m = m.reindex(index=order, columns=order)
+            ax = axes[r, c]
+            im = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks(range(len(order)), order, rotation=60, fontsize=6)
+            ax.set_yticks(range(len(order)), order, fontsize=6)
+            for i in range(len(order)):
+                for j in range(len(order)):
+                    ax.text(j, i, f"{m.to_numpy()[i, j]:+.2g}", ha="center", va="center", fontsize=5)
+            ax.set_title(f"init {init}, target {mode}", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.suptitle(f"{study.name}: TAS ({TAS_DEFAULT_VARIANT}); rows stepped on, columns measured", fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
 
 
 def _write_table(table: pd.DataFrame, out: Path) -> None:
@@ -277,6 +353,22 @@ def _share(verdict: Verdict) -> str:
     return f"{verdict.reference_share:.1%} / {verdict.bar:.0%} ({mark})"
 
 
+def analyze_extra(study, extra, scale: str, root: Path, evals: pd.DataFrame) -> Verdict:
+    """One ExtraFinding's verdict (issue 8.6); a cross-scale finding reads the stores of its scales together."""
+    name = study.metric.name(scale)
+    mine = evals[evals["study"] == study.name] if not evals.empty else evals
+    values = final_values(mine, name, study.metric.sampler, study.metric.nfe) if not mine.empty else mine
+    by_scale = None
+    if extra.kind.startswith("cross-scale") and scale not in extra.not_applicable:
+        scales = extra.params.get("scales") or (extra.params["treatment"][0], extra.params["control"][0])
+        by_scale = {}
+        for sc in scales:
+            other = load_results(root, study=study.name, scale=sc, kind="evals")
+            by_scale[sc] = (final_values(other, study.metric.name(sc), study.metric.sampler, study.metric.nfe[:1])
+                            if not other.empty else other)
+    return extra_verdict(study, extra, scale, values, mine, name, by_scale)
+
+
 def write_report(root: str | Path, scale: str, studies: list) -> Path:
     """Analyse every study at `scale` and write report.md, verdicts.csv, tables and figures."""
     root = Path(root)
@@ -316,6 +408,14 @@ def write_report(root: str | Path, scale: str, studies: list) -> Path:
             power += f"; the paper's effect ({paper.describe()})"
             power += (f" is {verdict.paper_effect:+.3g} here." if math.isfinite(verdict.paper_effect) else ".")
         sections += [power if power.endswith(".") else power + ".", ""]
+        for extra in study.extra_findings:
+            ev = finish_verdict(study, analyze_extra(study, extra, scale, root, evals), pd.DataFrame(), result.regime)
+            verdicts.append(ev.as_row())
+            eci = "" if not math.isfinite(ev.effect) else f"{ev.effect:+.3g} [{ev.ci_low:+.3g}, {ev.ci_high:+.3g}]"
+            lines.append(f"| {study.name} | {extra.claim} | **{ev.verdict}** | {eci} | {_fmt(ev.detectable, '.3g')} "
+                         f"|  | {_share(ev)} | | {ev.seeds} |")
+            sections += [f"- Further finding: {extra.claim}. Holds if {extra.holds_if}. "
+                         f"Verdict: **{ev.verdict}**. {ev.detail}", ""]
         if not table.empty:
             sections += [markdown_table(table), ""]
         if not result.blowups.empty:

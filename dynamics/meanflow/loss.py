@@ -3,7 +3,7 @@
     L = E[ 1(t = r) alpha(t) L_v + 1(t != r) beta(dt, s) L_u ],   L = D / sg((D + c)^p),
     D = ||u_theta(z_t, r, t) - sg(u_tgt)||^2,   u_tgt = v - (t - r) du/dt
 
-alpha, beta, the v-row time curriculum and the v-target transform are hooks (identity when None);
+alpha, beta, the v-row time curriculum and the v-target noise (O1's contamination) are hooks (identity when None);
 `dynamics.curriculum` fills them. The model is called as a function u_theta(z, r, t, y).
 """
 
@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import CFGConfig
-from .path import conditional_velocity, expand_like, interpolate, per_sample_sq_norm
+from .path import conditional_velocity, interpolate, per_sample_sq_norm
 from .samplers import TimeSampler
-from .target import mean_flow_target
+from .target import at_least_fp32, full_precision, mean_flow_target
 
 
 class VTimeCurriculum(Protocol):
@@ -35,6 +35,8 @@ class LossOutput:
     weight: Tensor  # per-sample alpha / beta weight
     t: Tensor
     r: Tensor
+    target: Tensor | None = None  # u_tgt as the loss saw it (after guidance and contamination), detached
+    noise_ratio: Tensor | None = None  # contamination: mean ||noise|| / ||v|| over the v rows (None: off)
 
 
 def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
@@ -44,13 +46,15 @@ def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
 
 def guided_velocity(u_fn, z: Tensor, t: Tensor, v: Tensor, y: Tensor, num_classes: int, cfg: CFGConfig) -> Tensor:
     """v_g = w v + kappa u(z, t, t | c) + (1 - w - kappa) u(z, t, t | null) for labelled rows with t in
-    [t_min, t_max] (no grad); dropped rows (y = null) and rows outside the interval keep v."""
+    [t_min, t_max] (no grad); dropped rows (y = null) and rows outside the interval keep v.
+    Part of the target, so float32 with autocast off (as the JVP)."""
     if cfg.w == 1.0 and cfg.kappa == 0.0:
         return v
     guide = (y != num_classes) & (t >= cfg.t_min) & (t <= cfg.t_max)
     if not bool(guide.any()):
         return v
-    with torch.no_grad():
+    z, t, v = at_least_fp32(z, t, v)
+    with torch.no_grad(), full_precision(z.device):
         zg, tg, yg = z[guide], t[guide], y[guide]
         u_cond = u_fn(zg, tg, tg, yg)
         u_null = u_fn(zg, tg, tg, torch.full_like(yg, num_classes))
@@ -64,14 +68,14 @@ class MeanFlowLoss:
                  adaptive_c: float = 1e-3, alpha: Callable[[Tensor], Tensor] | None = None,
                  beta: Callable[[Tensor, int], Tensor] | None = None,
                  v_time_curriculum: VTimeCurriculum | None = None,
-                 v_target_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                 v_target_noise: Callable[[Tensor, torch.Generator], Tensor] | None = None,
                  cfg: CFGConfig | None = None, num_classes: int = 0, jvp_strategy: str = "rows"):
         self.sampler = sampler
         self.ratio_r_eq_t = ratio_r_eq_t
         self.p, self.c = adaptive_p, adaptive_c
         self.alpha, self.beta = alpha, beta
         self.v_time_curriculum = v_time_curriculum
-        self.v_target_transform = v_target_transform
+        self.v_target_noise = v_target_noise
         self.cfg, self.num_classes = cfg, num_classes
         self.jvp_strategy = jvp_strategy
 
@@ -83,9 +87,16 @@ class MeanFlowLoss:
         t, r = self.sampler.sample(n, n_v, gen, x.device, q_range)
         e = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         if self.cfg is not None and y is not None:
-            drop = torch.rand(n, generator=gen, device=x.device) < self.cfg.class_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            y = torch.where(self.dropped_rows(n, gen, x.device), torch.full_like(y, self.num_classes), y)
         return t.to(x.dtype), r.to(x.dtype), e, y, n_v
+
+    def dropped_rows(self, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
+        """CFG class dropout mask. `leading` (the official code): as many rows as a Bernoulli draw per row
+        would drop, taken from the front of the batch, i.e. from the r = t rows; `random`: the Bernoulli rows."""
+        drop = torch.rand(n, generator=gen, device=device) < self.cfg.class_dropout
+        if self.cfg.dropout_rows == "leading":
+            drop = torch.arange(n, device=device) < drop.sum()
+        return drop
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None, gen: torch.Generator,
                  step: int = 0) -> LossOutput:
@@ -96,13 +107,18 @@ class MeanFlowLoss:
              n_v: int | None = None, step: int = 0, gen: torch.Generator | None = None) -> LossOutput:
         """The loss for given randomness (used directly by tests and DDP checks)."""
         z = interpolate(x, e, t)
-        v = conditional_velocity(x, e)
+        v = v_cond = conditional_velocity(x, e)
         if self.cfg is not None and y is not None:
             v = guided_velocity(model, z, t, v, y, self.num_classes, self.cfg)
         is_v = (r == t) if n_v is None else torch.arange(len(x), device=x.device) < n_v
         u, u_tgt = mean_flow_target(model, z, r, t, v, y, n_v=n_v, strategy=self.jvp_strategy)
-        if self.v_target_transform is not None and bool(is_v.any()):
-            u_tgt = torch.where(expand_like(is_v, v), self.v_target_transform(u_tgt, gen), u_tgt)
+        noise_ratio = None
+        if self.v_target_noise is not None and bool(is_v.any()):
+            # noise scaled by the conditional velocity's norm (not the guided one's), on the v rows only
+            noise = self.v_target_noise(v_cond[is_v].to(u_tgt.dtype), gen)
+            u_tgt = u_tgt.clone()
+            u_tgt[is_v] = u_tgt[is_v] + noise
+            noise_ratio = (noise.flatten(1).norm(dim=1) / v_cond[is_v].flatten(1).norm(dim=1).to(noise.dtype)).mean()
         D = per_sample_sq_norm(u.float() - u_tgt.float())
         weight = torch.ones_like(D)
         if self.alpha is not None:
@@ -113,4 +129,5 @@ class MeanFlowLoss:
         D = D.detach()
         loss_v = (D * is_v).sum() / is_v.sum()  # 0 / 0 = nan when there are no v rows
         loss_u = (D * ~is_v).sum() / (~is_v).sum()
-        return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r)
+        return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r, target=u_tgt.detach(),
+                          noise_ratio=noise_ratio)

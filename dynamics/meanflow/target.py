@@ -11,6 +11,11 @@ Two things make the eager JVP cheap (about 2.3x a forward on CPU instead of 3.4x
   which is zero here but handed over as a dense zero matrix: every linear layer pays two matmuls for
   its tangent instead of one. Inside the JVP, `F.linear` goes through `_LinearJVP`, whose rule spends
   a matmul only on the tangents that exist.
+Precision: the JVP and the target are computed in float32 (at least) with autocast off, even when the
+trainer's graph-building forward and backward run under bf16 autocast: the official JAX code trains in
+float32, and py-meanflow turns autocast off around its JVP. The tangent term (t - r) du/dt is a difference
+of nearby quantities that bf16's 8-bit mantissa would round away. Under `fused`, `compiled` and `full` the
+JVP's primal output carries the graph, so those strategies build the u rows' graph in float32 too.
 Forward-mode AD has no rule for the fused SDPA kernels, so every JVP runs with the math attention
 backend, which decomposes into differentiable ops; the fast kernels stay on for the plain forward.
 
@@ -103,12 +108,29 @@ class _EfficientLinearJVP(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def full_precision(device: torch.device):
+    """Autocast off on `device`: the context of the JVP, the target and the guidance forwards feeding it."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def at_least_fp32(*xs: Tensor) -> tuple[Tensor, ...]:
+    """Upcast bf16 / fp16 tensors to float32 (float64 stays float64)."""
+    return tuple(x.to(torch.promote_types(x.dtype, torch.float32)) for x in xs)
+
+
 def total_derivative(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor,
                      y: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(u, du/dt) with du/dt = JVP of u_theta(., ., ., y) at (z, r, t) along the tangent (v, 0, 1).
 
-    u carries the autograd graph when grad is enabled; du/dt is meant to be detached by the caller.
+    Runs in float32 or wider with autocast off (see the module docstring). u carries the autograd graph
+    when grad is enabled; du/dt is meant to be detached by the caller.
     """
+    with full_precision(z.device):
+        return _total_derivative(u_fn, *at_least_fp32(z, r, t, v), y)
+
+
+def _total_derivative(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor,
+                      y: Tensor | None) -> tuple[Tensor, Tensor]:
     tangent = (v, torch.zeros_like(r), torch.ones_like(t))
     if torch.compiler.is_compiling():  # traced: the compiler's own rules, no eager-only tricks
         with sdpa_kernel([SDPBackend.MATH]):
@@ -121,7 +143,8 @@ def total_derivative(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor,
 
 
 def target_from_derivative(v: Tensor, r: Tensor, t: Tensor, dudt: Tensor) -> Tensor:
-    """The MeanFlow identity rearranged: u_tgt = v - (t - r) du/dt."""
+    """The MeanFlow identity rearranged: u_tgt = v - (t - r) du/dt (in float32 or wider)."""
+    v, r, t, dudt = at_least_fp32(v, r, t, dudt)
     return v - expand_like(t - r, v) * dudt
 
 
@@ -142,23 +165,23 @@ def _full(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | Non
 def _rows(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | None,
           n_v: int) -> tuple[Tensor, Tensor]:
     if n_v == len(z):
-        return u_fn(z, r, t, y), v.detach()
+        return u_fn(z, r, t, y), at_least_fp32(v.detach())[0]
     with torch.no_grad():  # before the forward: its temporaries are gone when the graph is built
         _, dudt = total_derivative(u_fn, z[n_v:], r[n_v:], t[n_v:], v[n_v:], _tail(y, n_v))
-        u_tgt = torch.cat([v[:n_v], target_from_derivative(v[n_v:], r[n_v:], t[n_v:], dudt)])
+        u_tgt = torch.cat([at_least_fp32(v[:n_v])[0], target_from_derivative(v[n_v:], r[n_v:], t[n_v:], dudt)])
     return u_fn(z, r, t, y), u_tgt
 
 
 def _fused(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | None,
            n_v: int) -> tuple[Tensor, Tensor]:
     if n_v == len(z):
-        return u_fn(z, r, t, y), v.detach()
+        return u_fn(z, r, t, y), at_least_fp32(v.detach())[0]
     u_u, dudt = total_derivative(u_fn, z[n_v:], r[n_v:], t[n_v:], v[n_v:], _tail(y, n_v))
     u_tgt_u = target_from_derivative(v[n_v:], r[n_v:], t[n_v:], dudt.detach()).detach()
     if n_v == 0:
         return u_u, u_tgt_u
-    u_v = u_fn(z[:n_v], r[:n_v], t[:n_v], _head(y, n_v))
-    return torch.cat([u_v, u_u]), torch.cat([v[:n_v].detach(), u_tgt_u])
+    u_v = u_fn(z[:n_v], r[:n_v], t[:n_v], _head(y, n_v))  # under the caller's autocast, if any
+    return torch.cat([u_v.to(u_u.dtype), u_u]), torch.cat([at_least_fp32(v[:n_v].detach())[0], u_tgt_u])
 
 
 @functools.cache
