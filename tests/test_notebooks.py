@@ -27,7 +27,7 @@ def smoke_store(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("smoke_store")
     launch(all_studies(), "smoke", executor="debug", root=root, progress=False)
-    study_affinity(get_study("o3-task-affinity"), "smoke", root)
+    study_affinity(get_study("o3-task-affinity"), "smoke", root, batches=2)  # few batches: the notebook only draws it
     return root
 
 
