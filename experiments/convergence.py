@@ -1,11 +1,13 @@
 """How much faster? Vanilla vs the full method with an evaluation (and a kept checkpoint) every 24 epochs.
 
 At paper scale FID is computed from the kept checkpoints; at small scales the eval curve is in eval.jsonl.
+Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+these evaluations and checkpoints.
 """
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import Finding, Metric, RunSpec, full_method, register, shared
 
 EPOCHS = 240
 EVERY = 24
@@ -20,14 +22,9 @@ EVERY = 24
                     holds_if="speed-up = 240 / (full's epochs to vanilla's final metric) > 1",
                     comparison="better", tag="arm", treatment="full", control="vanilla"),
     notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",
-           f"evaluation and a kept checkpoint every {EVERY} epochs"),
+           f"evaluation and a kept checkpoint every {EVERY} epochs",
+           "both arms are main's runs (method=vanilla, method=<full>), trained once"),
 )
 def convergence(scale: str) -> list[RunSpec]:
-    runs = []
-    for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale))):
-        cfg = base_config(scale, method)
-        cfg.phases = [joint(EPOCHS)]
-        cfg.eval.every_epochs = float(EVERY)
-        cfg.train.keep_epochs = [float(e) for e in range(EVERY, EPOCHS + 1, EVERY)]
-        runs.append(RunSpec(f"arm={arm}", cfg, tags={"arm": arm, "method": method}))
-    return runs
+    return [shared("main", f"method={method}", f"arm={arm}", {"arm": arm, "method": method})
+            for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale)))]

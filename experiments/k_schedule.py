@@ -1,8 +1,11 @@
-"""How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method."""
+"""How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method.
+
+k = 1 is the method's default, so that grid point is the main ablation's run of the full method (trained once,
+`registry.shared`)."""
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register, shared
 
 K = (0.5, 1.0, 2.0)
 EPOCHS = 240
@@ -20,6 +23,9 @@ def k_schedule(scale: str) -> list[RunSpec]:
     method = full_method(scale)
     runs = []
     for k in K:
+        if k == 1.0:  # the method's default k: main's run
+            runs.append(shared("main", f"method={method}", f"k={k:g}", {"k": k, "method": method}))
+            continue
         cfg = base_config(scale, method)
         cfg.phases = [joint(EPOCHS)]
         cfg.objective.beta_k = k

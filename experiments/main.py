@@ -1,10 +1,18 @@
-"""The main ablation: vanilla MeanFlow and the paper's components alone and combined, 240 epochs each."""
+"""The main ablation: vanilla MeanFlow and the paper's components alone and combined, 240 epochs each.
+
+Vanilla and the scale's full method are also the runs of v-quality and convergence (and the full method at
+k = 1 is k-schedule's k = 1 run): those studies reference these runs instead of training copies, so the two
+runs carry the union of their evaluations (32/64/128-NFE v, an evaluation every convergence.EVERY epochs and its
+kept checkpoints).
+"""
 
 from __future__ import annotations
 
 from dynamics.config import METHODS
 
-from .registry import Finding, Metric, RunSpec, base_config, joint, register
+from .convergence import EVERY
+from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .v_quality import NFE_V
 
 EPOCHS = 240
 
@@ -24,5 +32,9 @@ def main(scale: str) -> list[RunSpec]:
     for method in METHODS:
         cfg = base_config(scale, method)
         cfg.phases = [joint(EPOCHS)]
+        if method in ("vanilla", full_method(scale)):  # also v-quality's and convergence's runs
+            cfg.eval.nfe_v = list(NFE_V)
+            cfg.eval.every_epochs = float(EVERY)
+            cfg.train.keep_epochs = [float(e) for e in range(EVERY, EPOCHS + 1, EVERY)]
         runs.append(RunSpec(f"method={method}", cfg, tags={"method": method}))
     return runs

@@ -1,8 +1,11 @@
-"""Is the learned v better? Vanilla vs the full method, v = u(z, t, t) read back with 32/64/128 Euler steps."""
+"""Is the learned v better? Vanilla vs the full method, v = u(z, t, t) read back with 32/64/128 Euler steps.
+
+Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+these evaluations."""
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, full_method, joint, register
+from .registry import Finding, Metric, RunSpec, full_method, register, shared
 
 NFE_V = [32, 64, 128]
 EPOCHS = 240
@@ -16,13 +19,9 @@ EPOCHS = 240
     finding=Finding("the full method's v is better at every NFE",
                     holds_if="full < vanilla at 32, 64 and 128 NFE", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
-    notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",),
+    notes=("full method: minsnr-lu at b4, dtd-lu at every other scale",
+           "both arms are main's runs (method=vanilla, method=<full>), trained once"),
 )
 def v_quality(scale: str) -> list[RunSpec]:
-    runs = []
-    for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale))):
-        cfg = base_config(scale, method)
-        cfg.phases = [joint(EPOCHS)]
-        cfg.eval.nfe_v = list(NFE_V)
-        runs.append(RunSpec(f"arm={arm}", cfg, tags={"arm": arm, "method": method}))
-    return runs
+    return [shared("main", f"method={method}", f"arm={arm}", {"arm": arm, "method": method})
+            for arm, method in (("vanilla", "vanilla"), ("full", full_method(scale)))]

@@ -53,7 +53,8 @@ def test_every_study_builds_at_every_scale():
             for r in runs:  # parents first, every config valid and named by its hash
                 assert set(r.depends_on) <= done
                 done.add(r.key)
-                assert r.config.scale == scale and r.hash and r.config.name == f"{study.name}/{r.key}"
+                owner = f"{r.owner}/{r.owner_key}" if r.owner else f"{study.name}/{r.key}"  # shared: the owner's
+                assert r.config.scale == scale and r.hash and r.config.name == owner
                 # calibration runs the scale's preset as it is; every other study uses the scale's epoch
                 expected = (preset(scale).train.steps_per_epoch if study.name == "calibration"
                             else SCALE_SETTINGS[scale].steps_per_epoch)
@@ -174,6 +175,38 @@ def test_v_quality_and_convergence():
     for r in conv:
         assert r.config.eval.every_epochs == 24 and phases(r) == [(240.0, "both")]
         assert r.config.train.keep_epochs == [24.0 * i for i in range(1, 11)]
+
+
+def test_overlapping_grids_share_main_runs():
+    """v-quality, convergence and k-schedule's k = 1 are main's runs (same config and hash), trained once."""
+    for scale in ("smoke", "cpu", "b4"):
+        main = {r.key: r for r in get_study("main").runs(scale, seeds=2)}
+        full = FULL_METHOD[scale]
+        for name, key, method in (("v-quality", "arm=vanilla", "vanilla"), ("v-quality", "arm=full", full),
+                                  ("convergence", "arm=full", full), ("k-schedule", "k=1", full)):
+            for seed in (0, 1):
+                run = by_key(name, scale, seeds=2)[f"{key}/s{seed}"]
+                owner = main[f"method={method}/s{seed}"]
+                assert (run.owner, run.owner_key, run.hash) == ("main", owner.key, owner.hash)
+                assert run.config.to_dict() == owner.config.to_dict() and run.tags["seed"] == seed
+        vanilla = main["method=vanilla/s0"].config
+        assert vanilla.eval.nfe_v == [32, 64, 128] and vanilla.eval.every_epochs == 24
+        assert main["method=minsnr/s0"].config.eval.every_epochs == 0  # the others evaluate at the end only
+    k2 = by_key("k-schedule", "cpu")["k=2/s0"]
+    assert not k2.owner and k2.config.objective.beta_k == 2.0
+
+
+def test_shared_run_must_exist_and_have_no_parents():
+    from experiments.registry import shared
+
+    def bad(key):
+        return Study("bad-share", "q", Metric("m"), Finding("c", "h", "trend", "x"),
+                     grid=lambda scale: [shared("o2-interval-bins", key, "a", {})])
+
+    with pytest.raises(RegistryError, match="not a run of its own"):
+        bad("no-such-run").runs("smoke")
+    with pytest.raises(RegistryError, match="depends on other runs"):
+        bad("init=v-only,bin=[0.1,0.3]").runs("smoke")
 
 
 def test_cfg_robustness_only_class_conditional():
