@@ -80,16 +80,18 @@ class StepRate:
 # use the GPU better than B/4's 64 tokens do. Evaluation (FID-50K) is not included at cluster scales.
 STEP_RATES: dict[str, StepRate] = {
     "smoke": StepRate(350.0, "1 CPU thread", 0.12, "measured 390 alone, batch 128 MLP 64x2"),
-    "cpu": StepRate(60.0, "1 CPU thread", 1.0, "measured 68 alone, batch 1024 MLP 256x3; 2048 eval samples"),
+    "cpu": StepRate(60.0, "1 CPU thread", 1.5, "measured 68 alone, batch 1024 MLP 256x3; 4096 eval samples, sw2"),
     "digits": StepRate(8.0, "1 CPU thread", 8.0, "measured 9.4 alone, batch 256 tiny DiT"),
     "b4": StepRate(3.5, "1 H100", 0.0, "estimate: peers' reports, DiT-B/4 MeanFlow 3-4 it/s at batch 256 bf16"),
     "m2": StepRate(3.5 * 5.56 / 53.8, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/53.8"),
     "l2": StepRate(3.5 * 5.56 / 80.7, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/80.7"),
     "xl2": StepRate(3.5 * 5.56 / 118.6, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/118.6"),
 }
-# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s): u-only puts
-# every row through the JVP, v-only none.
-PHASE_COST = {"both": 1.0, "v": 0.85, "u": 1.5}
+# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s alone; 20.3 /
+# 17.7 / 28.2 ms at load 1, one thread): u-only puts every row through the JVP, v-only none. The cpu evaluation
+# (4096 samples: 1-, 2-NFE u and 32-NFE v, sliced W2 only) took 1.96 s wall at load 2.5 and 1.8 s of CPU time at
+# load 10 (2048 samples: 0.96 s at load 2.5; adding energy distance tripled it); 1.5 s is kept for an idle core.
+PHASE_COST = {"both": 1.0, "v": 0.87, "u": 1.4}
 # Per small-scale run: python and torch import (1.2 s), the trainer's set-up (1 s, mostly torch.optim.Adam
 # importing torch._dynamo), submitit's controller process; measured 2.6 s alone, 4 s under load.
 RUN_OVERHEAD_S = 3.0

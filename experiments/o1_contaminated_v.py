@@ -6,7 +6,7 @@ The paper gives no budget for this probe; we use 80 epochs, the O1 fixed-budget 
 
 from __future__ import annotations
 
-from .registry import Finding, Metric, RunSpec, base_config, joint, register
+from .registry import CPU_TREND_SEEDS, Finding, Metric, RunSpec, base_config, joint, register
 
 K = (0.0, 0.01, 0.03, 0.1, 0.3)
 EPOCHS = 80
@@ -19,6 +19,7 @@ EPOCHS = 80
     finding=Finding("even k = 0.03 degrades u severely",
                     holds_if="the 1-NFE metric rises with k, and k = 0.03 is clearly worse than k = 0",
                     comparison="trend", tag="k", direction="increasing", treatment=0.0, control=0.03),
+    seeds=CPU_TREND_SEEDS,
     notes=("budget 80 epochs of joint training (the paper does not state it; O1's fixed budget)",),
 )
 def o1_contaminated_v(scale: str) -> list[RunSpec]:

@@ -6,7 +6,7 @@ of them with u-only training for the rest of the 80 epochs (E_v = 0 trains u alo
 
 from __future__ import annotations
 
-from .registry import CONSTANT_LR_NOTE, Finding, Metric, RunSpec, register, v_pretrain_then_u
+from .registry import CONSTANT_LR_NOTE, CPU_TREND_SEEDS, Finding, Metric, RunSpec, register, v_pretrain_then_u
 
 E_V = (0, 10, 20, 30, 40)
 BUDGET = 80
@@ -19,6 +19,7 @@ BUDGET = 80
     finding=Finding("early v investment is more efficient",
                     holds_if="at E_v + E_u = 80 the 1-NFE metric falls as E_v grows", comparison="trend",
                     tag="E_v", direction="decreasing"),
+    seeds=CPU_TREND_SEEDS,
     notes=(CONSTANT_LR_NOTE, "the grid shares one 40-epoch v-only run (checkpoints at 10/20/30/40)"),
 )
 def o1_fixed_budget(scale: str) -> list[RunSpec]:

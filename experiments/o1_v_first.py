@@ -8,7 +8,7 @@ step counter, optimiser state and EMA, as one run that switches its loss would (
 
 from __future__ import annotations
 
-from .registry import CONSTANT_LR_NOTE, Finding, Metric, RunSpec, register, v_pretrain_then_u
+from .registry import CONSTANT_LR_NOTE, CPU_TREND_SEEDS, Finding, Metric, RunSpec, register, v_pretrain_then_u
 
 E_V = (0, 5, 10, 15, 20)
 U_EPOCHS = 60
@@ -21,6 +21,7 @@ U_EPOCHS = 60
     finding=Finding("more v pre-training -> better, more stable u",
                     holds_if="the 1-NFE metric falls as E_v grows", comparison="trend", tag="E_v",
                     direction="decreasing"),
+    seeds=CPU_TREND_SEEDS,
     notes=(CONSTANT_LR_NOTE, "the five fine-tunes share one 20-epoch v-only run (checkpoints at 5/10/15/20)"),
 )
 def o1_v_first(scale: str) -> list[RunSpec]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .registry import (
     CONSTANT_LR_NOTE,
+    CPU_TREND_SEEDS,
     Finding,
     Metric,
     RunSpec,
@@ -33,6 +34,7 @@ U_EPOCHS = 40
     finding=Finding("small dt builds and refines v; large dt neither builds nor keeps it",
                     holds_if="under both inits the 32-NFE v metric rises as the bin's dt grows",
                     comparison="trend", tag="dt_lo", direction="increasing"),
+    seeds=CPU_TREND_SEEDS,
     notes=(CONSTANT_LR_NOTE, "the four v-only-init runs share one 40-epoch v-only run"),
 )
 def o2_interval_bins(scale: str) -> list[RunSpec]:

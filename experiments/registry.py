@@ -100,6 +100,12 @@ FULL_METHOD: dict[str, str] = {
     "b4": "minsnr-lu", "m2": "dtd-lu", "l2": "dtd-lu", "xl2": "dtd-lu",
 }
 
+# Seeds per study at cpu scale where fewer than the scale's 3 carry the power (README, "where the time goes"): the
+# trend findings are a regression over the grid's points x seeds (O1: 5 E_v values, O2: 4 bins x 2 inits,
+# contamination: 5 k), with ample degrees of freedom at 2 seeds; the paired comparisons (main, k-schedule, v-quality,
+# convergence) keep 3, since 2 pairs leave one degree of freedom (t = 12.7 for a 95% interval).
+CPU_TREND_SEEDS = {"cpu": 2}
+
 CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_schedule=constant (warm-up kept), so a "
                     "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")
 

@@ -63,13 +63,15 @@ def test_every_study_builds_at_every_scale():
 
 
 def test_seeds_and_default_counts():
-    runs = get_study("o1-v-first").runs("cpu")
+    runs = get_study("o1-v-first").runs("smoke", seeds=3)
     assert len(runs) == 18  # 3 seeds x (1 parent + 5 fine-tunes)
     assert sorted({r.config.train.seed for r in runs}) == [0, 1, 2]
     parents = {r.hash for r in runs if r.key.startswith("v-pretrain")}
     assert len(parents) == 3  # one shared pre-training run per seed, not one per grid point
     child = next(r for r in runs if r.key == "E_v=5/s2")
     assert child.depends_on == ["v-pretrain/s2"]
+    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (registry.CPU_TREND_SEEDS)
+    assert len(get_study("o1-v-first").runs("cpu")) == 12 and len(get_study("main").runs("cpu")) == 18
     assert len(get_study("o1-v-first").runs("cpu", seeds=5)) == 30
 
 
