@@ -336,6 +336,9 @@ class Study:
                 if d not in keys:
                     raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, which is not in "
                                         f"the grid; keys: {', '.join(keys)}")
+                if any(x.key == d and x.shared_from for x in specs):
+                    raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, a shared run; start "
+                                        "from a run of this study (or share the whole chain from its owner)")
             tags = {**s.tags, "seed": seed}
             by_key[s.key + suffix] = RunSpec(s.key + suffix, cfg, [d + suffix for d in dict.fromkeys(deps)], tags)
         ordered = _topological(by_key, self.name)

@@ -210,6 +210,14 @@ def test_shared_run_must_exist_and_have_no_parents():
     with pytest.raises(RegistryError, match="depends on other runs"):
         bad("init=v-only,bin=[0.1,0.3]").runs("smoke")
 
+    def child_of_shared(scale):
+        cfg = base_config(scale, shared_prefix=True)
+        cfg.phases = [v_only(40), joint(1)]
+        return [shared("o2-interval-bins", "v-pretrain", "p", {}), RunSpec("c", start_from(cfg, "p", 40))]
+
+    with pytest.raises(RegistryError, match="a shared run"):
+        Study("bad-chain", "q", Metric("m"), Finding("c", "h", "trend", "x"), grid=child_of_shared).runs("smoke")
+
 
 def test_cfg_robustness_only_class_conditional():
     study = get_study("cfg-robustness")
