@@ -38,9 +38,13 @@ import tomllib
 
 from .config import ConfigError, RunConfig, phase_boundaries
 from .results import (
+    CKPT_DIR,
+    CONFIG_FILE,
+    EVAL_FILE,
     JOB_FILE,
     METRICS_FILE,
     RUN_FILE,
+    STATUS_FILE,
     atomic_write_json,
     checkpoint_path,
     last_jsonl_row,
@@ -76,16 +80,18 @@ class StepRate:
 # use the GPU better than B/4's 64 tokens do. Evaluation (FID-50K) is not included at cluster scales.
 STEP_RATES: dict[str, StepRate] = {
     "smoke": StepRate(350.0, "1 CPU thread", 0.12, "measured 390 alone, batch 128 MLP 64x2"),
-    "cpu": StepRate(60.0, "1 CPU thread", 1.0, "measured 68 alone, batch 1024 MLP 256x3; 2048 eval samples"),
+    "cpu": StepRate(60.0, "1 CPU thread", 1.5, "measured 68 alone, batch 1024 MLP 256x3; 4096 eval samples, sw2"),
     "digits": StepRate(8.0, "1 CPU thread", 8.0, "measured 9.4 alone, batch 256 tiny DiT"),
     "b4": StepRate(3.5, "1 H100", 0.0, "estimate: peers' reports, DiT-B/4 MeanFlow 3-4 it/s at batch 256 bf16"),
     "m2": StepRate(3.5 * 5.56 / 53.8, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/53.8"),
     "l2": StepRate(3.5 * 5.56 / 80.7, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/80.7"),
     "xl2": StepRate(3.5 * 5.56 / 118.6, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/118.6"),
 }
-# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s): u-only puts
-# every row through the JVP, v-only none.
-PHASE_COST = {"both": 1.0, "v": 0.85, "u": 1.5}
+# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s alone; 20.3 /
+# 17.7 / 28.2 ms at load 1, one thread): u-only puts every row through the JVP, v-only none. The cpu evaluation
+# (4096 samples: 1-, 2-NFE u and 32-NFE v, sliced W2 only) took 1.96 s wall at load 2.5 and 1.8 s of CPU time at
+# load 10 (2048 samples: 0.96 s at load 2.5; adding energy distance tripled it); 1.5 s is kept for an idle core.
+PHASE_COST = {"both": 1.0, "v": 0.87, "u": 1.4}
 # Per small-scale run: python and torch import (1.2 s), the trainer's set-up (1 s, mostly torch.optim.Adam
 # importing torch._dynamo), submitit's controller process; measured 2.6 s alone, 4 s under load.
 RUN_OVERHEAD_S = 3.0
@@ -218,7 +224,7 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
     out: list[PlannedRun] = []
     for study in studies:
         for spec in study.runs(scale, seeds, overrides):
-            run_dir = root / scale / study.name / spec.hash
+            run_dir = root / scale / (spec.owner or study.name) / spec.hash  # a shared run: its owner's directory
             status = read_status(run_dir)
             state = run_state(run_dir, status)
             total = spec.config.total_steps()
@@ -231,6 +237,7 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
             out.append(PlannedRun(study.name, spec, run_dir, state, action, start, total,
                                   job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else ""))
     _check_slurm_jobs(out)
+    _mark_shared(out)
     by_uid = {r.uid: r for r in out}
     for run in out:  # parents come first, so a blocked parent is known before its children
         for p in run.parents:
@@ -270,9 +277,12 @@ def _prepare(run: PlannedRun) -> None:
         archive = run.run_dir.parent / ".archive" / f"{run.run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         archive.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(run.run_dir), str(archive))
+    study, key, tags = run.study, run.spec.key, run.spec.tags
+    if run.spec.owner:  # a shared run trained from a referencing study: its directory is the owner's
+        study, key, tags = run.spec.owner, run.spec.owner_key, run.spec.owner_tags
     atomic_write_json(run.run_dir / RUN_FILE, {
-        "study": run.study, "key": run.spec.key, "scale": run.config.scale, "hash": run.spec.hash,
-        "tags": run.spec.tags, "depends_on": run.spec.depends_on,
+        "study": study, "key": key, "scale": run.config.scale, "hash": run.spec.hash,
+        "tags": tags, "depends_on": run.spec.depends_on,
     })
 
 
@@ -601,6 +611,35 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
     return counts
 
 
+def _mark_shared(runs: list[PlannedRun]) -> None:
+    """A run that several planned studies share (registry.shared) is trained once: by its owner study if that
+    is planned, else by the first study that lists it; the others get action "shared" and wait for it."""
+    trainer: dict[Path, PlannedRun] = {}
+    for run in sorted(runs, key=lambda r: bool(r.spec.owner)):  # owners first, stable otherwise
+        first = trainer.setdefault(run.run_dir, run)
+        if first is not run:
+            run.action, run.note = "shared", f"trained as {first.study}/{first.spec.key}"
+
+
+SHARED_LINKS = (CONFIG_FILE, STATUS_FILE, JOB_FILE, METRICS_FILE, EVAL_FILE, CKPT_DIR)
+
+
+def link_shared(run: PlannedRun, root: Path) -> None:
+    """The referencing study's entry of a shared run: `<scale>/<study>/<hash>/` holds its own run.json (key,
+    tags, `shared_from`) and relative links to the owner's files, so `load_results(study=...)` reads it as a run
+    of this study and the store stays one directory per (study, run)."""
+    ref = root / run.config.scale / run.study / run.spec.hash
+    ref.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_LINKS:
+        link = ref / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..", "..", run.spec.owner, run.spec.hash, name))
+    atomic_write_json(ref / RUN_FILE, {
+        "study": run.study, "key": run.spec.key, "scale": run.config.scale, "hash": run.spec.hash,
+        "tags": run.spec.tags, "depends_on": [], "shared_from": f"{run.config.scale}/{run.spec.owner}/{run.spec.hash}",
+    })
+
+
 def launch(studies: list, scale: str, executor: str = "local", root: str | Path = "results",
            seeds: int | None = None, jobs: int | None = None, profile: str | Path | None = None,
            rerun_failed: bool = False, dry_run: bool = False, progress: bool = True,
@@ -634,6 +673,9 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     for r in runs:
         if r.action in ("keep", "blocked"):
             print(f"  {r.action}: {r.study}/{r.spec.key} ({r.note or r.state}; --rerun-failed to run it again)")
+    for r in runs:
+        if r.spec.owner:
+            link_shared(r, root)
     if not todo:
         return {}
     start = time.time()

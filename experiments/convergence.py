@@ -4,22 +4,15 @@ The paper's speed-ups (2.1x M/2, 2.3x L/2, 2.5x XL/2) are 240 / (epochs the meth
 final FID): 114, 104 and 96 epochs. An evaluation every 8 epochs puts each in a different 8-epoch segment, and
 the analysis interpolates the curve linearly between evaluations, so the three are distinguishable (every 24
 epochs only 240 / N could come out: 2.0x or 2.5x). Intermediate evaluations run in the trainer on the EMA
-weights at that step (1-NFE only, to keep them cheap); no extra checkpoints are kept for them.
+weights at that step; no extra checkpoints are kept for them.
+
+Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+these evaluations.
 """
 
 from __future__ import annotations
 
-from .registry import (
-    U_BAR,
-    Finding,
-    Metric,
-    Reference,
-    RunSpec,
-    base_config,
-    joint,
-    paper_method,
-    register,
-)
+from .registry import U_BAR, Finding, Metric, Reference, RunSpec, paper_method, register, shared
 
 EPOCHS = 240
 EVERY = 8
@@ -35,16 +28,9 @@ EVERY = 8
                     comparison="better", tag="arm", treatment="full", control="vanilla"),
     reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
     notes=(f"method: {paper_method('convergence')} at every scale (the paper's method for its speed-ups)",
-           f"1-NFE evaluation on the EMA weights every {EVERY} epochs, curve interpolated linearly; no extra "
-           "checkpoints"),
+           f"evaluation on the EMA weights every {EVERY} epochs, curve interpolated linearly; no extra checkpoints",
+           "both arms are main's runs (method=vanilla, method=dtd-lu), trained once"),
 )
 def convergence(scale: str) -> list[RunSpec]:
-    runs = []
-    for arm, method in (("vanilla", "vanilla"), ("full", paper_method("convergence"))):
-        cfg = base_config(scale, method)
-        cfg.phases = [joint(EPOCHS)]
-        cfg.eval.every_epochs = float(EVERY)
-        cfg.eval.nfe, cfg.eval.nfe_v = [1], []
-        cfg.train.keep_epochs = []
-        runs.append(RunSpec(f"arm={arm}", cfg, tags={"arm": arm, "method": method}))
-    return runs
+    return [shared("main", f"method={method}", f"arm={arm}", {"arm": arm, "method": method})
+            for arm, method in (("vanilla", "vanilla"), ("full", paper_method("convergence")))]

@@ -1,4 +1,7 @@
-"""How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method."""
+"""How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method.
+
+k = 1 is the method's default, so that grid point is the main ablation's run of the full method (trained once,
+`registry.shared`)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from .registry import (
     joint,
     paper_method,
     register,
+    shared,
 )
 
 K = (0.5, 1.0, 2.0)
@@ -32,6 +36,9 @@ def k_schedule(scale: str) -> list[RunSpec]:
     method = paper_method("k-schedule")
     runs = []
     for k in K:
+        if k == 1.0:  # the method's default k: main's run
+            runs.append(shared("main", f"method={method}", f"k={k:g}", {"k": k, "method": method}))
+            continue
         cfg = base_config(scale, method)
         cfg.phases = [joint(EPOCHS)]
         cfg.objective.beta_k = k

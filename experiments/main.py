@@ -1,9 +1,16 @@
-"""The main ablation: vanilla MeanFlow and the paper's components alone and combined, 240 epochs each."""
+"""The main ablation: vanilla MeanFlow and the paper's components alone and combined, 240 epochs each.
+
+Vanilla, MinSNR + L_u and DTD + L_u are also the runs of v-quality (vanilla vs MinSNR + L_u), convergence
+(vanilla vs DTD + L_u) and k-schedule's k = 1 (DTD + L_u): those studies reference these runs instead of training
+copies (`registry.shared`), so each carries the union of their evaluations (32/64/128-NFE v at the end; an EMA
+evaluation every convergence.EVERY epochs).
+"""
 
 from __future__ import annotations
 
 from dynamics.config import METHODS
 
+from .convergence import EVERY
 from .registry import (
     SMALL_SCALES_NA,
     U_BAR,
@@ -14,8 +21,10 @@ from .registry import (
     RunSpec,
     base_config,
     joint,
+    paper_method,
     register,
 )
+from .v_quality import NFE_V
 
 EXTRA = (
     ExtraFinding("minsnr-gap-shrinks", "MinSNR's advantage over DTD shrinks from B/4 to M/2 and L/2",
@@ -45,9 +54,16 @@ EPOCHS = 240
     extra_findings=EXTRA,
 )
 def main(scale: str) -> list[RunSpec]:
+    also = {"vanilla": ("v-quality", "convergence"), paper_method("v-quality"): ("v-quality",),
+            paper_method("convergence"): ("convergence", "k-schedule")}
     runs = []
     for method in METHODS:
         cfg = base_config(scale, method)
         cfg.phases = [joint(EPOCHS)]
+        studies = also.get(method, ())
+        if "v-quality" in studies:  # 32/64/128-NFE v at the end
+            cfg.eval.nfe_v = list(NFE_V)
+        if "convergence" in studies:  # the curve: EMA evaluations every EVERY epochs, no extra checkpoints
+            cfg.eval.every_epochs = float(EVERY)
         runs.append(RunSpec(f"method={method}", cfg, tags={"method": method}))
     return runs

@@ -19,7 +19,18 @@ from __future__ import annotations
 
 import math
 
-from .registry import U_BAR, Finding, Metric, Reference, RunSpec, base_config, data_dim, joint, register
+from .registry import (
+    CPU_TREND_SEEDS,
+    U_BAR,
+    Finding,
+    Metric,
+    Reference,
+    RunSpec,
+    base_config,
+    data_dim,
+    joint,
+    register,
+)
 
 K = (0.0, 0.01, 0.03, 0.1, 0.3)  # the paper's k, at B/4
 K_NORMALISED = (0.03, 0.3)
@@ -34,6 +45,7 @@ EPOCHS = 80
     finding=Finding("even k = 0.03 degrades u severely",
                     holds_if="the 1-NFE metric rises with k, and k = 0.03 is clearly worse than k = 0",
                     comparison="trend", tag="k", direction="increasing", treatment=0.0, control=0.03),
+    seeds=CPU_TREND_SEEDS,
     reference=(Reference({"k": 0.0}, U_BAR, label="k = 0 (uncontaminated) run"),),
     notes=("budget 80 epochs of joint training (the paper does not state it; O1's fixed budget)",
            "literal noise k' ||v|| xi with k' = k sqrt(4096 / d): every scale runs the noise-to-signal ratios the "

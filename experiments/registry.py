@@ -63,17 +63,28 @@ class ScaleSettings:
     seeds: int  # default seeds per grid point
     warmup_steps: int | None = None  # None: the preset's
     eval_samples: int | None = None  # None: the preset's eval.num_samples
+    ema_decay: float | None = None  # None: the preset's train.ema_decay
+    eval_metrics: tuple[str, ...] | None = None  # None: the preset's eval.metrics
     class_conditional: bool = False
     note: str = ""
 
 
-# The cpu numbers are sized so that every study, 3 seeds, runs in about 20 minutes on 2 cores with 2 runs at
-# once (`dynamics run all --scale cpu --dry-run` prints the estimate; rates in dynamics/launch.py).
-# Smoke makes one epoch one step: every study runs in seconds. Paper scales use ImageNet's real epoch.
+# The cpu numbers are sized so that every study's reference runs are in the learning regime (the binding one: the
+# 40-epoch v-only parent of O2/O3/O1-fixed-budget, whose 32-NFE v must reach 10% of the noise-to-data distance)
+# and the whole reproduction fits in 45 minutes on 2 cores with 2 runs at once (README, "where the time goes";
+# `dynamics run all --scale cpu --dry-run` prints the estimate, rates in dynamics/launch.py). EMA 0.99: a 100-step
+# average, short next to the shortest run (40 epochs = 1,200 steps; the preset's 0.999 still holds 30% of the
+# initial weights after 1,200 steps). Evaluation: 4,096 samples (floor 5.7% of the ceiling against 7.1% at 2,048,
+# so the 10% bar is not at the floor) with sliced W2 only (the studies' metric; energy distance is O(n^2) and cost
+# 3x the rest of an evaluation). Smoke makes one epoch one step: every study runs in seconds. Paper scales use
+# ImageNet's real epoch.
+CPU_STEPS_PER_EPOCH = 30
 SCALE_SETTINGS: dict[str, ScaleSettings] = {
     "smoke": ScaleSettings(1, 1, warmup_steps=5, note="1 step per epoch: a 240-epoch run is 240 steps"),
-    "cpu": ScaleSettings(6, 3, warmup_steps=60, eval_samples=2048,
-                         note="6 steps (batch 1024) per epoch; warm-up 60 steps (10 epochs); 2048 eval samples"),
+    "cpu": ScaleSettings(CPU_STEPS_PER_EPOCH, 3, warmup_steps=60, eval_samples=4096, ema_decay=0.99,
+                         eval_metrics=("sw2",),
+                         note=f"{CPU_STEPS_PER_EPOCH} steps (batch 1024) per epoch; warm-up 60 steps; EMA 0.99; "
+                              "4096 eval samples, sliced W2 only"),
     "digits": ScaleSettings(8, 1, warmup_steps=100, class_conditional=True,
                             note="8 steps (batch 256) per epoch; 1 seed (the whole set takes ~2 h on 2 cores)"),
     "b4": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
@@ -98,6 +109,11 @@ def paper_method(study: str) -> str:
         raise RegistryError(f"study {study!r} has no paper method; known: {', '.join(PAPER_METHOD)}")
     return PAPER_METHOD[study]
 
+# Seeds per study at cpu scale where fewer than the scale's 3 carry the power (README, "where the time goes"): the
+# trend findings are a regression over the grid's points x seeds (O1: 5 E_v values, O2: 4 bins x 2 inits,
+# contamination: 5 k), with ample degrees of freedom at 2 seeds; the paired comparisons (main, k-schedule, v-quality,
+# convergence) keep 3, since 2 pairs leave one degree of freedom (t = 12.7 for a 95% interval).
+CPU_TREND_SEEDS = {"cpu": 2}
 
 CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_schedule=constant (warm-up kept), so a "
                     "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")
@@ -134,6 +150,10 @@ def base_config(scale: str, method: str = "vanilla", *, shared_prefix: bool = Fa
         cfg.train.warmup_steps = settings.warmup_steps
     if settings.eval_samples is not None:
         cfg.eval.num_samples = settings.eval_samples
+    if settings.ema_decay is not None:
+        cfg.train.ema_decay = settings.ema_decay
+    if settings.eval_metrics is not None:
+        cfg.eval.metrics = list(settings.eval_metrics)
     cfg.eval.every_epochs = 0.0
     cfg.train.keep_epochs = []
     if shared_prefix:
@@ -191,13 +211,30 @@ def v_pretrain_then_u(scale: str, e_v_values: tuple[int, ...], u_epochs: Callabl
 
 @dataclass
 class RunSpec:
-    """One run of a grid: a key unique within the study, its config, the runs it waits for, analysis tags."""
+    """One run of a grid: a key unique within the study, its config, the runs it waits for, analysis tags.
+
+    `shared_from="<study>:<key>"` makes this grid point another study's run (see `shared`): Study.runs fills
+    `config`, `hash` and `owner` (the study whose directory holds it) from that run."""
 
     key: str
-    config: RunConfig
+    config: RunConfig | None
     depends_on: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
     hash: str = ""  # filled by Study.runs: config_hash of the resolved config
+    shared_from: str = ""
+    owner: str = ""  # filled by Study.runs for a shared run: the study that trains it
+    owner_key: str = ""  # ... and its key there (with the seed suffix)
+    owner_tags: dict[str, Any] = field(default_factory=dict)
+
+
+def shared(study: str, key: str, as_key: str, tags: dict[str, Any]) -> RunSpec:
+    """A grid point that is run `key` of `study` (same scale and seed), trained once and read by both studies.
+
+    Used where two studies' grids hold the same config (v-quality, convergence and k-schedule's k = 1 are runs
+    of the main ablation): the owner's run carries the union of their evaluations. The run lives in the owner's
+    directory, `<scale>/<study>/<hash>`; the launcher writes `<scale>/<this study>/<hash>/run.json` with this
+    study's key and tags, beside links to the owner's files, so each study's results read the same."""
+    return RunSpec(as_key, None, tags=dict(tags), shared_from=f"{study}:{key}")
 
 
 @dataclass(frozen=True)
@@ -371,7 +408,11 @@ class Study:
             raise RegistryError(f"study {self.name}: duplicate run key {dupes[0]!r} at scale {scale}")
         suffix = f"/s{seed}"
         by_key: dict[str, RunSpec] = {}
+        owners: dict[str, dict[str, RunSpec]] = {}
         for s in specs:
+            if s.shared_from:
+                by_key[s.key + suffix] = self._shared(s, scale, seed, overrides, owners)
+                continue
             cfg = copy.deepcopy(s.config)
             if overrides:  # e.g. data.path=/datasets/in256_latents, applied to every run (and its hash)
                 try:
@@ -388,11 +429,16 @@ class Study:
                 if d not in keys:
                     raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, which is not in "
                                         f"the grid; keys: {', '.join(keys)}")
+                if any(x.key == d and x.shared_from for x in specs):
+                    raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, a shared run; start "
+                                        "from a run of this study (or share the whole chain from its owner)")
             tags = {**s.tags, "seed": seed}
             by_key[s.key + suffix] = RunSpec(s.key + suffix, cfg, [d + suffix for d in dict.fromkeys(deps)], tags)
         ordered = _topological(by_key, self.name)
         hashes: dict[str, str] = {}
         for spec in ordered:
+            if spec.owner:
+                continue
             cfg = spec.config
             if cfg.init.run_dir.startswith("@"):
                 parent = cfg.init.run_dir[1:] + suffix
@@ -404,6 +450,26 @@ class Study:
             spec.hash = config_hash(cfg.to_dict())
             hashes[spec.key] = spec.hash
         return ordered
+
+    def _shared(self, s: RunSpec, scale: str, seed: int, overrides: list[str],
+                owners: dict[str, dict[str, RunSpec]]) -> RunSpec:
+        """Resolve a `shared(...)` grid point to the owner study's run of the same seed."""
+        study, _, key = s.shared_from.partition(":")
+        if study == self.name:
+            raise RegistryError(f"study {self.name}: run {s.key!r} is shared from its own study; use one run")
+        if study not in owners:
+            owner = get_study(study)
+            owners[study] = {r.key: r for r in owner._one_seed(scale, seed, overrides)} if scale not in \
+                owner.unsupported else {}
+        run = owners[study].get(f"{key}/s{seed}")
+        if run is None or run.owner:
+            raise RegistryError(f"study {self.name}: run {s.key!r} is shared from {s.shared_from!r}, which is not a "
+                                f"run of its own in study {study} at scale {scale}")
+        if run.depends_on:
+            raise RegistryError(f"study {self.name}: run {s.key!r} is shared from {s.shared_from!r}, which depends "
+                                "on other runs; only a run without parents can be shared")
+        return RunSpec(f"{s.key}/s{seed}", copy.deepcopy(run.config), [], {**s.tags, "seed": seed}, run.hash,
+                       s.shared_from, owner=study, owner_key=run.key, owner_tags=dict(run.tags))
 
     def count(self, scale: str, seeds: int | None = None) -> int:
         return len(self.runs(scale, seeds))

@@ -1,4 +1,7 @@
-"""Is the learned v better? Vanilla vs the full method, v = u(z, t, t) read back with 32/64/128 Euler steps."""
+"""Is the learned v better? Vanilla vs the full method, v = u(z, t, t) read back with 32/64/128 Euler steps.
+
+Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+these evaluations."""
 
 from __future__ import annotations
 
@@ -8,10 +11,9 @@ from .registry import (
     Metric,
     Reference,
     RunSpec,
-    base_config,
-    joint,
     paper_method,
     register,
+    shared,
 )
 
 NFE_V = [32, 64, 128]
@@ -28,13 +30,9 @@ EPOCHS = 240
                     treatment="full", control="vanilla"),
     reference=(Reference({"arm": "vanilla"}, V_BAR, "v", 32, label="vanilla"),),
     notes=(f"method: {paper_method('v-quality')} at every scale (the paper's B/4 comparison: MeanFlow 7.61 "
-           "against 'ours w MinSNR' 7.09)",),
+           "against 'ours w MinSNR' 7.09)",
+           "both arms are main's runs (method=vanilla, method=minsnr-lu), trained once"),
 )
 def v_quality(scale: str) -> list[RunSpec]:
-    runs = []
-    for arm, method in (("vanilla", "vanilla"), ("full", paper_method("v-quality"))):
-        cfg = base_config(scale, method)
-        cfg.phases = [joint(EPOCHS)]
-        cfg.eval.nfe_v = list(NFE_V)
-        runs.append(RunSpec(f"arm={arm}", cfg, tags={"arm": arm, "method": method}))
-    return runs
+    return [shared("main", f"method={method}", f"arm={arm}", {"arm": arm, "method": method})
+            for arm, method in (("vanilla", "vanilla"), ("full", paper_method("v-quality")))]

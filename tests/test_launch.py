@@ -293,3 +293,36 @@ def test_job_with_two_tasks_trains_with_torch_distributed(tmp_path):
     results = job.results()
     assert len(results) == 2 and results[0]["state"] == "done"
     assert read_status(tmp_path / "run")["state"] == "done"
+
+
+def test_shared_runs_train_once_and_read_as_each_studys(tmp_path):
+    """v-quality's arms are main's runs: planned together they train once. A study run alone trains its shared
+    run in the owner's directory (with the owner's identity) and reads it through its own entry (keys, tags)."""
+    from experiments.registry import shared
+
+    studies = [get_study("main"), get_study("v-quality"), get_study("convergence"), get_study("k-schedule")]
+    runs = plan(studies, "smoke", tmp_path, seeds=1)
+    trained = [r for r in runs if r.action == "run"]
+    assert len({r.run_dir for r in trained}) == len(trained) == 6 + 2  # main's 6, k-schedule's k = 0.5 and 2
+    assert {r.uid for r in runs if r.action == "shared"} == {
+        "v-quality:arm=vanilla/s0", "v-quality:arm=full/s0", "convergence:arm=vanilla/s0",
+        "convergence:arm=full/s0", "k-schedule:k=1/s0"}
+
+    def owner_grid(scale):
+        cfg = base_config(scale)
+        cfg.phases = [joint(3)]
+        return [RunSpec("a", cfg, tags={"x": 1})]
+
+    find = Finding("c", "h", "trend", "x")
+    owner = register(Study("share-owner", "q", Metric("m"), find, owner_grid))
+    user = register(Study("share-user", "q", Metric("m"), find,
+                          lambda scale: [shared("share-owner", "a", "b", {"y": 2})]))
+    final = launch([user], "smoke", executor="debug", root=tmp_path, seeds=1, progress=False)
+    assert final == {"share-user:b/s0": "done"}
+    mine = load_results(tmp_path, study="share-owner")
+    assert list(mine["key"]) == ["a/s0"] and mine["x"].tolist() == [1] and list(mine["state"]) == ["done"]
+    theirs = load_results(tmp_path, study="share-user", kind="evals")
+    assert set(theirs["key"]) == {"b/s0"} and set(theirs["y"]) == {2} and set(theirs["state"]) == {"done"}
+    assert theirs["hash"].iloc[0] == mine["hash"].iloc[0]
+    again = {r.uid: r.action for r in plan([owner, user], "smoke", tmp_path, seeds=1)}
+    assert again == {"share-owner:a/s0": "skip", "share-user:b/s0": "shared"}

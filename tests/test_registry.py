@@ -18,6 +18,7 @@ from experiments.registry import (
     base_config,
     get_study,
     joint,
+    paper_method,
     register,
     register_from_module,
     start_from,
@@ -53,7 +54,8 @@ def test_every_study_builds_at_every_scale():
             for r in runs:  # parents first, every config valid and named by its hash
                 assert set(r.depends_on) <= done
                 done.add(r.key)
-                assert r.config.scale == scale and r.hash and r.config.name == f"{study.name}/{r.key}"
+                owner = f"{r.owner}/{r.owner_key}" if r.owner else f"{study.name}/{r.key}"  # shared: the owner's
+                assert r.config.scale == scale and r.hash and r.config.name == owner
                 # calibration runs the scale's preset as it is; every other study uses the scale's epoch
                 expected = (preset(scale).train.steps_per_epoch if study.name == "calibration"
                             else SCALE_SETTINGS[scale].steps_per_epoch)
@@ -62,13 +64,15 @@ def test_every_study_builds_at_every_scale():
 
 
 def test_seeds_and_default_counts():
-    runs = get_study("o1-v-first").runs("cpu")
+    runs = get_study("o1-v-first").runs("smoke", seeds=3)
     assert len(runs) == 18  # 3 seeds x (1 parent + 5 fine-tunes)
     assert sorted({r.config.train.seed for r in runs}) == [0, 1, 2]
     parents = {r.hash for r in runs if r.key.startswith("v-pretrain")}
     assert len(parents) == 3  # one shared pre-training run per seed, not one per grid point
     child = next(r for r in runs if r.key == "E_v=5/s2")
     assert child.depends_on == ["v-pretrain/s2"]
+    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (registry.CPU_TREND_SEEDS)
+    assert len(get_study("o1-v-first").runs("cpu")) == 12 and len(get_study("main").runs("cpu")) == 18
     assert len(get_study("o1-v-first").runs("cpu", seeds=5)) == 30
 
 
@@ -187,8 +191,51 @@ def test_v_quality_and_convergence():
     conv = get_study("convergence").runs("cpu", seeds=1)
     for r in conv:  # 2.5x, 2.3x, 2.1x = 96, 104.3, 114.3 epochs: each in its own 8-epoch segment
         assert r.config.eval.every_epochs == 8 and phases(r) == [(240.0, "both")]
-        assert r.config.train.keep_epochs == [] and r.config.eval.nfe == [1]
+        assert r.config.train.keep_epochs == [] and 1 in r.config.eval.nfe
     assert {r.tags["method"] for r in conv} == {"vanilla", "dtd-lu"}
+
+
+def test_overlapping_grids_share_main_runs():
+    """v-quality, convergence and k-schedule's k = 1 are main's runs (same config and hash), trained once."""
+    for scale in ("smoke", "cpu", "b4"):
+        main = {r.key: r for r in get_study("main").runs(scale, seeds=2)}
+        vq, conv = paper_method("v-quality"), paper_method("convergence")
+        for name, key, method in (("v-quality", "arm=vanilla", "vanilla"), ("v-quality", "arm=full", vq),
+                                  ("convergence", "arm=full", conv), ("k-schedule", "k=1", conv)):
+            for seed in (0, 1):
+                run = by_key(name, scale, seeds=2)[f"{key}/s{seed}"]
+                owner = main[f"method={method}/s{seed}"]
+                assert (run.owner, run.owner_key, run.hash) == ("main", owner.key, owner.hash)
+                assert run.config.to_dict() == owner.config.to_dict() and run.tags["seed"] == seed
+        vanilla = main["method=vanilla/s0"].config
+        assert vanilla.eval.nfe_v == [32, 64, 128] and vanilla.eval.every_epochs == 8
+        assert main[f"method={vq}/s0"].config.eval.nfe_v == [32, 64, 128]
+        assert main[f"method={conv}/s0"].config.eval.every_epochs == 8
+        assert all(main[f"method={m}/s0"].config.train.keep_epochs == [] for m in ("vanilla", vq, conv))
+        assert main["method=minsnr/s0"].config.eval.every_epochs == 0  # the others evaluate at the end only
+    k2 = by_key("k-schedule", "cpu")["k=2/s0"]
+    assert not k2.owner and k2.config.objective.beta_k == 2.0
+
+
+def test_shared_run_must_exist_and_have_no_parents():
+    from experiments.registry import shared
+
+    def bad(key):
+        return Study("bad-share", "q", Metric("m"), Finding("c", "h", "trend", "x"),
+                     grid=lambda scale: [shared("o2-interval-bins", key, "a", {})])
+
+    with pytest.raises(RegistryError, match="not a run of its own"):
+        bad("no-such-run").runs("smoke")
+    with pytest.raises(RegistryError, match="depends on other runs"):
+        bad("init=v-only,bin=[0.1,0.3]").runs("smoke")
+
+    def child_of_shared(scale):
+        cfg = base_config(scale, shared_prefix=True)
+        cfg.phases = [v_only(40), joint(1)]
+        return [shared("o2-interval-bins", "v-pretrain", "p", {}), RunSpec("c", start_from(cfg, "p", 40))]
+
+    with pytest.raises(RegistryError, match="a shared run"):
+        Study("bad-chain", "q", Metric("m"), Finding("c", "h", "trend", "x"), grid=child_of_shared).runs("smoke")
 
 
 def test_cfg_robustness_only_class_conditional():
