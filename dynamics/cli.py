@@ -102,13 +102,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from experiments.registry import RegistryError
 
-    from .launch import plan, status_table
+    from .launch import plan, recorded_overrides, status_table
 
     try:
         studies = _studies(args.study, args.register)
         for study in studies:
-            runs = plan([study], args.scale, args.results, args.seeds, overrides=args.overrides)
+            overrides = args.overrides
+            recorded = recorded_overrides(args.results, args.scale, study.name)
+            if not overrides and recorded:
+                overrides = recorded
+            runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
             print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
+            if overrides and overrides is recorded:
+                print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
+            elif recorded is not None and sorted(recorded) != sorted(overrides or []):
+                print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
+                      "shows the grid of the ones given here")
             if scale_note := study.unsupported.get(args.scale):
                 print(f"  no runs at this scale: {scale_note}")
                 continue
@@ -120,9 +129,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
+    from .results import load_results
 
     studies = _studies(args.study, args.register)
+    root = Path(args.results)
+    if not root.is_dir():
+        return _fail(f"--results {root}: no such directory (a results root written by `dynamics run`)")
+    runs = load_results(root, scale=args.scale)
+    if runs.empty:
+        return _fail(f"--results {root}: no runs at scale {args.scale} under {root / args.scale} "
+                     f"(run `dynamics run STUDY --scale {args.scale} --results {root}` first)")
     out = write_report(args.results, args.scale, studies)
+    for row in runs[runs.state.isin(["diverged", "failed"])].itertuples():
+        detail = f"non-finite loss at step {row.step}" if row.state == "diverged" else (row.error or "")
+        print(f"{row.state}: {row.study}/{row.key} ({detail}) {row.run_dir}")
     print(f"wrote {out}")
     print((Path(args.results) / args.scale / "verdicts.csv").read_text())
     return 0

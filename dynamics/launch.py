@@ -23,11 +23,14 @@ sets up torch.distributed from submitit's environment.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ from .config import ConfigError, RunConfig, phase_boundaries
 from .results import (
     JOB_FILE,
     METRICS_FILE,
+    OVERRIDES_FILE,
     RUN_FILE,
     atomic_write_json,
     checkpoint_path,
@@ -124,11 +128,13 @@ def absolute_init(config: dict, root: str | Path) -> RunConfig:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job. Checkpointable: on timeout or preemption submitit calls `checkpoint()`, which
-    requeues the same run; the trainer then resumes it from checkpoints/last.pt."""
+    """One run as a submitit job. Checkpointable: on timeout or preemption (USR2) the trainer writes a checkpoint
+    at the step it is on, then submitit calls `checkpoint()`, which requeues the same run; the requeued job
+    resumes from checkpoints/last.pt without losing a step."""
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 0, signal_delay_s: float = 90.0):
         self.threads = threads  # torch CPU threads (local runs: 1 each); 0 leaves torch's default
+        self.signal_delay_s = signal_delay_s  # how long before the time limit SLURM sends USR2 (the profile's)
 
     def __call__(self, config: dict, run_dir: str, root: str) -> dict:
         import torch
@@ -139,15 +145,42 @@ class RunJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(self.threads)
         cfg = absolute_init(config, root)
         world, device = _setup_distributed()
+        stop, requeue = self._take_over_usr2()
         try:
-            return train(cfg, run_dir, device=device)
+            status = train(cfg, run_dir, device=device, stop=stop)
         finally:
             if world > 1:
                 torch.distributed.destroy_process_group()
+        if stop.is_set() and status.get("state") == "interrupted" and requeue is not None:
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() -> scontrol requeue -> exit
+        return status
+
+    def _take_over_usr2(self) -> tuple[threading.Event, Any]:
+        """Replace submitit's USR2 handler (which requeues at once, losing the steps since the last checkpoint)
+        by one that asks the trainer to stop at a step boundary; submitit's handler runs after the checkpoint.
+        Its time-out test is replaced too: submitit counts any signal in a job shorter than 10 minutes as a
+        time-out (using up max_num_timeout); here it is one only when the time limit is near."""
+        stop = threading.Event()
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if not callable(submitit_handler) or threading.current_thread() is not threading.main_thread():
+            return stop, None
+        owner = getattr(submitit_handler, "__self__", None)
+        if owner is not None and hasattr(owner, "has_timed_out"):
+            owner.has_timed_out = lambda: _near_time_limit(owner, self.signal_delay_s)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
+        return stop, submitit_handler
 
     def checkpoint(self, config: dict, run_dir: str, root: str) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; it resumes from its last checkpoint."""
-        return submitit.helpers.DelayedSubmission(RunJob(self.threads), config, run_dir, root)
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.signal_delay_s), config, run_dir, root)
+
+
+def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:
+    """A USR2 is a time-out when the job's time limit is at most the signal delay away, plus SLURM's ~30 s
+    signal tick and a margin; otherwise it is a preemption (scancel -s USR2), which does not count."""
+    walltime = time.time() - handler._start_time
+    limit = handler._delayed._timeout_min * 60
+    return limit - walltime <= signal_delay_s + 60
 
 
 def _setup_distributed() -> tuple[int, str | None]:
@@ -228,8 +261,10 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
             start = {"run": _init_step(spec.config), "restart": _init_step(spec.config),
                      "skip": total}.get(action, int(status.get("step", 0)))
             job = read_json(run_dir / JOB_FILE)
+            note = f"failed: {status['error']}" if state == "failed" and status.get("error") else ""
             out.append(PlannedRun(study.name, spec, run_dir, state, action, start, total,
-                                  job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else ""))
+                                  job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else "",
+                                  note=note))
     _check_slurm_jobs(out)
     by_uid = {r.uid: r for r in out}
     for run in out:  # parents come first, so a blocked parent is known before its children
@@ -240,24 +275,91 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
     return out
 
 
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. `-r` lists
+    every array task on its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+        elif parts:
+            states[parts[0]] = "PENDING"
+    return states
+
+
 def _check_slurm_jobs(runs: list[PlannedRun]) -> None:
-    """Runs with a recorded SLURM job: queued or running there -> busy; gone while marked running -> resume."""
+    """Runs with a recorded SLURM job: in the queue -> busy, shown `queued` (never started), `requeued` (waiting
+    to resume after preemption, time-out or requeue) or `running`; gone while marked running -> resume."""
     ids = [r.job_id for r in runs if r.job_id and r.action != "skip"]
     if not ids:
         return
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True,
-                             timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
+    states = squeue_states(ids)
+    if states is None:
         return  # not on the cluster: trust status.json
-    active = set(out.stdout.split())
     for r in runs:
         if not r.job_id or r.action == "skip":
             continue
-        if r.job_id in active:
-            r.action, r.note = "busy", f"SLURM job {r.job_id}"
+        if r.job_id in states:
+            started = r.state in ("running", "interrupted") or r.start_step > _init_step(r.config)
+            if states[r.job_id] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                r.state = "running"
+            else:
+                r.state = "requeued" if started else "queued"
+            r.action, r.note = "busy", f"SLURM job {r.job_id} {states[r.job_id].lower()}"
         elif r.action == "busy":
             r.state, r.action = "interrupted", "resume"
+
+
+# ----------------------------------------------------------------------------------------------------
+# pre-flight checks and the record of a launch
+
+
+def preflight(todo: list[PlannedRun]) -> list[str]:
+    """Problems a job would hit on its first line, found before anything is submitted: a missing data
+    directory or shard index, a missing parent checkpoint outside the grid. One line each."""
+    problems: dict[str, None] = {}
+    grid_dirs = {str(r.run_dir) for r in todo}
+    for run in todo:
+        cfg = run.config
+        if cfg.data.name == "imagenet_latents":
+            path = Path(cfg.data.path)
+            if not path.is_dir():
+                problems[f"data.path={cfg.data.path}: no such directory (the latent shards; see "
+                         f"dynamics/data/imagenet.py)"] = None
+            elif not (path / "index.json").is_file():
+                problems[f"data.path={cfg.data.path}: no index.json there (not a latent shard directory, or an "
+                         f"incomplete extraction)"] = None
+        init = cfg.init
+        if init.run_dir and os.path.isabs(init.run_dir) and init.run_dir not in grid_dirs:
+            ckpt = checkpoint_path(Path(init.run_dir), init.epoch)
+            if not ckpt.is_file():
+                problems[f"init.run_dir={init.run_dir}: no checkpoint {ckpt.name} there"] = None
+    return list(problems)
+
+
+def record_overrides(root: Path, scale: str, studies: list, overrides: list[str] | None) -> None:
+    """Keep the `key=value` list a grid was launched with beside it, so `dynamics status` sees the same grid."""
+    for study in studies:
+        path = root / scale / study.name / OVERRIDES_FILE
+        if overrides or path.exists():
+            atomic_write_json(path, list(overrides or []))
+
+
+def recorded_overrides(root: str | Path, scale: str, study: str) -> list[str] | None:
+    """The overrides `dynamics run` last used for a study at a scale (None: no record)."""
+    path = Path(root) / scale / study / OVERRIDES_FILE
+    if not path.exists():
+        return None
+    try:
+        return list(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -453,7 +555,8 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
             for run in group:
                 _prepare(run)
             with executor.batch():
-                jobs = [executor.submit(RunJob(), r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
+                job_fn = RunJob(signal_delay_s=float(profile.get("signal_delay_s", 90)))
+                jobs = [executor.submit(job_fn, r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
             for run, job in zip(group, jobs):
                 job_ids[run.uid] = str(job.job_id)
                 _record_job(run, "slurm", str(job.job_id))
@@ -588,7 +691,7 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
         status = read_status(r.run_dir)
         row = last_jsonl_row(r.run_dir / METRICS_FILE) or {}
         step = max(int(status.get("step", 0)), int(row.get("step", 0)))
-        state = "queued" if r.action == "busy" and r.state == "pending" else r.state
+        state = r.state
         counts[state] = counts.get(state, 0) + 1
         updated = status.get("updated")
         age = "-" if updated is None else f"{max(0.0, now - updated) / 60:.1f} min ago"
@@ -596,7 +699,7 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
         extra = f"  {status['error']}" if status.get("error") else ""
         print(f"{r.spec.key:<{width}}  {r.spec.hash:<12}  {state:<11}  "
               f"{f'{step:,}/{r.total_steps:,} ({pct:.0f}%)':>22}  {age}{extra}", file=out)
-    order = ("done", "running", "queued", "interrupted", "failed", "diverged", "pending")
+    order = ("done", "running", "queued", "requeued", "interrupted", "failed", "diverged", "pending")
     print("  ".join(f"{k}: {counts[k]}" for k in order if k in counts) or "no runs", file=out)
     return counts
 
@@ -619,14 +722,20 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     by_uid = {r.uid: r for r in runs}
     todo = [r for r in runs if r.action in TO_EXECUTE]
     n_jobs = jobs or os.cpu_count() or 1
+    problems = preflight(todo)
     if dry_run:
         print_plan(runs, studies, n_jobs)
+        for problem in problems:
+            print(f"warning: {problem}; the jobs would fail at start")
         if executor == "slurm":
             print("sbatch script header (submitit's, as each array gets it, plus --array and --dependency):")
             for line in sbatch_preview(prof):
                 print(f"  {line}")
             execute_slurm(todo, by_uid, root, prof, dry_run=True)
         return {}
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                          + "; nothing submitted")
     skipped = {a: sum(1 for r in runs if r.action == a) for a in ("skip", "keep", "busy", "blocked")}
     others = ", ".join(f"{n} {a}" for a, n in skipped.items() if n)
     print(f"{scale}: {len(runs)} runs, {len(todo)} to train" + (f" ({others})" if others else "")
@@ -634,6 +743,7 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     for r in runs:
         if r.action in ("keep", "blocked"):
             print(f"  {r.action}: {r.study}/{r.spec.key} ({r.note or r.state}; --rerun-failed to run it again)")
+    record_overrides(root, scale, studies, overrides)
     if not todo:
         return {}
     start = time.time()
