@@ -22,8 +22,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         return _fail("--out DIR is required to train (or pass --dry-run)")
+    from .launch import config_problems
     from .train import train
 
+    if problems := config_problems(cfg):
+        return _fail(problems[0])
     status = train(cfg, args.out, device=args.device, progress=not args.quiet)
     print(f"{status['state']}: {args.out} (step {status.get('step')})")
     return 0 if status["state"] == "done" else 1
@@ -345,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from experiments.registry import RegistryError
 
+    from .results import RunLockedError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may stand anywhere among the options
@@ -353,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+    except (ConfigError, RegistryError, FileNotFoundError, RunLockedError) as exc:
         return _fail(str(exc))
 
 

@@ -104,8 +104,9 @@ class SamplerConfig:
         if self.kind == "dt_bin":
             _in_range(f"{prefix}.dt_min", self.dt_min, 0.0, 1.0)
             _in_range(f"{prefix}.dt_max", self.dt_max, 0.0, 1.0)
-            if self.dt_max < self.dt_min:
-                raise ConfigError(f"{prefix}.dt_max={self.dt_max} must be >= {prefix}.dt_min={self.dt_min}")
+            if self.dt_max <= self.dt_min:  # an empty bin would train nothing but v
+                raise ConfigError(f"{prefix}.dt_max={self.dt_max} must be > {prefix}.dt_min={self.dt_min} "
+                                  "(an empty dt bin)")
 
 
 @dataclass

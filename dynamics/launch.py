@@ -6,7 +6,11 @@ resolved config, see experiments/registry.py) and an action from what the store 
   skip     done                                   keep     failed or diverged (kept unless --rerun-failed)
   rerun    failed, with --rerun-failed: resumes from its last checkpoint (a crash may have been transient)
   restart  diverged, with --rerun-failed: the old directory moves to `.archive/` and the run starts over
-  busy     running now in another process or SLURM job          blocked  a parent it needs will not finish
+  busy     running now in another process or SLURM job (shown queued, requeued or running, from `squeue -r`)
+  blocked  a parent it needs will not finish
+Before anything is written or submitted, `preflight` checks what a job would fail on at its first line (data
+and parent-checkpoint paths), and the `key=value` overrides are kept in `<scale>/<study>/overrides.json` so
+that `dynamics status` shows the same grid.
 
 Execute.
   debug  submitit's DebugExecutor: in this process, one run after another, parents first.
@@ -16,9 +20,12 @@ Execute.
   slurm  submitit's SlurmExecutor: one job array per (dependency wave, study); an array waits for the
          parents' jobs with `--dependency=afterok:...`; sbatch parameters come from a cluster profile
          (slurm/example.toml documents it).
-Every job is `RunJob`, a submitit Checkpointable: on timeout or preemption submitit calls `checkpoint()`,
-which requeues the same run, and the trainer resumes it from checkpoints/last.pt. A job with several tasks
-sets up torch.distributed from submitit's environment.
+Every job is `RunJob`, a submitit Checkpointable: on timeout or preemption (USR2) the trainer writes a checkpoint
+at the step it is on, then submitit calls `checkpoint()`, which requeues the same run, and the trainer resumes it
+from checkpoints/last.pt. Whatever kills a job, the trainer holds an exclusive lock on its run directory
+(results.run_lock), so a run never has two writers, and a failure anywhere in the job (building the dataset
+included) is recorded in status.json with its reason and kept until `--rerun-failed`. A job with several
+tasks sets up torch.distributed from submitit's environment.
 """
 
 from __future__ import annotations
@@ -177,10 +184,31 @@ class RunJob(submitit.helpers.Checkpointable):
 
 def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:
     """A USR2 is a time-out when the job's time limit is at most the signal delay away, plus SLURM's ~30 s
-    signal tick and a margin; otherwise it is a preemption (scancel -s USR2), which does not count."""
-    walltime = time.time() - handler._start_time
-    limit = handler._delayed._timeout_min * 60
-    return limit - walltime <= signal_delay_s + 60
+    signal tick and a margin; otherwise it is a preemption (scancel -s USR2), which does not count. The time
+    left comes from SLURM (a limit may be changed while the job runs), else from the submitted limit."""
+    left = slurm_time_left_s(os.environ.get("SLURM_JOB_ID", ""))
+    if left is None:
+        left = handler._delayed._timeout_min * 60 - (time.time() - handler._start_time)
+    return left <= signal_delay_s + 60
+
+
+def slurm_time_left_s(job_id: str) -> float | None:
+    """Seconds left before a SLURM job's time limit (squeue %L: [days-][hours:]minutes:seconds); None if unknown."""
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not text or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        return None  # UNLIMITED, INVALID, or the job has left the queue
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return seconds + int(days or 0) * 86400
 
 
 def _setup_distributed() -> tuple[int, str | None]:
@@ -320,26 +348,33 @@ def _check_slurm_jobs(runs: list[PlannedRun]) -> None:
 # pre-flight checks and the record of a launch
 
 
+def config_problems(cfg: RunConfig, grid_dirs: set[str] | None = None) -> list[str]:
+    """What a run's first lines would fail on, found before anything is written or submitted: a missing
+    data directory or shard index, a missing parent checkpoint (one outside the grid being launched)."""
+    problems = []
+    if cfg.data.name == "imagenet_latents":
+        path = Path(cfg.data.path)
+        if not path.is_dir():
+            problems.append(f"data.path={cfg.data.path}: no such directory (the latent shards; see "
+                            "dynamics/data/imagenet.py)")
+        elif not (path / "index.json").is_file():
+            problems.append(f"data.path={cfg.data.path}: no index.json there (not a latent shard directory, or "
+                            "an incomplete extraction)")
+    init = cfg.init
+    if init.run_dir and os.path.isabs(init.run_dir) and init.run_dir not in (grid_dirs or set()):
+        ckpt = checkpoint_path(Path(init.run_dir), init.epoch)
+        if not ckpt.is_file():
+            problems.append(f"init.run_dir={init.run_dir}: no checkpoint {ckpt.name} there (the weights to start "
+                            "from)")
+    return problems
+
+
 def preflight(todo: list[PlannedRun]) -> list[str]:
-    """Problems a job would hit on its first line, found before anything is submitted: a missing data
-    directory or shard index, a missing parent checkpoint outside the grid. One line each."""
-    problems: dict[str, None] = {}
+    """`config_problems` of every run to execute, each problem once."""
     grid_dirs = {str(r.run_dir) for r in todo}
+    problems: dict[str, None] = {}
     for run in todo:
-        cfg = run.config
-        if cfg.data.name == "imagenet_latents":
-            path = Path(cfg.data.path)
-            if not path.is_dir():
-                problems[f"data.path={cfg.data.path}: no such directory (the latent shards; see "
-                         f"dynamics/data/imagenet.py)"] = None
-            elif not (path / "index.json").is_file():
-                problems[f"data.path={cfg.data.path}: no index.json there (not a latent shard directory, or an "
-                         f"incomplete extraction)"] = None
-        init = cfg.init
-        if init.run_dir and os.path.isabs(init.run_dir) and init.run_dir not in grid_dirs:
-            ckpt = checkpoint_path(Path(init.run_dir), init.epoch)
-            if not ckpt.is_file():
-                problems[f"init.run_dir={init.run_dir}: no checkpoint {ckpt.name} there"] = None
+        problems.update(dict.fromkeys(config_problems(run.config, grid_dirs)))
     return list(problems)
 
 

@@ -331,6 +331,7 @@ def train(cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None
     anywhere after the lock is taken, building the dataset or the model included, is recorded in status.json
     as "failed" with its reason, then re-raised; a run that finds the lock held changes nothing."""
     run_dir = Path(run_dir)
+    cfg.validate()  # bad input: one clear error, nothing written
     if not dist_info().is_main:
         return Trainer(cfg, run_dir, device).run(progress=False, stop=stop)
     with run_lock(run_dir):
