@@ -778,6 +778,11 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     for r in runs:
         if r.action in ("keep", "blocked"):
             print(f"  {r.action}: {r.study}/{r.spec.key} ({r.note or r.state}; --rerun-failed to run it again)")
+    for study in studies:
+        recorded = recorded_overrides(root, scale, study.name)
+        if recorded is not None and sorted(recorded) != sorted(overrides or []):
+            print(f"  note: {study.name} was last launched with other overrides ({' '.join(recorded) or 'none'}); "
+                  "this launch trains the grid of the ones given now")
     record_overrides(root, scale, studies, overrides)
     if not todo:
         return {}

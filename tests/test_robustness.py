@@ -154,7 +154,8 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsy
     root, empty, profile = tmp_path / "results", tmp_path / "empty", tmp_path / "bad.toml"
     empty.mkdir()
     profile.write_text(BAD_PROFILE)
-    argv = [a.format(root=root, empty=empty, profile=profile) for a in argv]
+    argv = [a.replace("{root}", str(root)).replace("{empty}", str(empty)).replace("{profile}", str(profile))
+            for a in argv]
     if argv[0] in ("run", "analyze") and "--results" not in argv:
         argv += ["--results", str(root)]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
