@@ -52,12 +52,15 @@ from .results import (
     METRICS_FILE,
     OVERRIDES_FILE,
     RUN_FILE,
+    RunLockedError,
     atomic_write_json,
     checkpoint_path,
     last_jsonl_row,
     read_json,
     read_status,
+    run_lock,
     run_state,
+    write_status,
 )
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -150,8 +153,12 @@ class RunJob(submitit.helpers.Checkpointable):
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        cfg = absolute_init(config, root)
-        world, device = _setup_distributed()
+        try:
+            cfg = absolute_init(config, root)
+            world, device = _setup_distributed()
+        except Exception as exc:
+            _record_failure(Path(run_dir), exc)  # e.g. torch.distributed cannot start on this node
+            raise
         stop, requeue = self._take_over_usr2()
         try:
             status = train(cfg, run_dir, device=device, stop=stop)
@@ -180,6 +187,17 @@ class RunJob(submitit.helpers.Checkpointable):
     def checkpoint(self, config: dict, run_dir: str, root: str) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; it resumes from its last checkpoint."""
         return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.signal_delay_s), config, run_dir, root)
+
+
+def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """status.json "failed" with the reason, for a job that failed before its trainer started (unless another
+    process holds the run directory, which is then its writer)."""
+    try:
+        with run_lock(run_dir, wait_s=0):
+            status = read_status(run_dir)
+            write_status(run_dir, "failed", step=int(status.get("step", 0)), error=f"{type(exc).__name__}: {exc}")
+    except RunLockedError:
+        pass
 
 
 def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:

@@ -341,13 +341,6 @@ def train(cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None
             raise
         except Exception as exc:
             step = int(read_status(run_dir).get("step", 0))
-            write_status(run_dir, "failed", step=step, total_steps=_total_or_none(cfg), pid=os.getpid(),
+            write_status(run_dir, "failed", step=step, total_steps=cfg.total_steps(), pid=os.getpid(),
                          error=f"{type(exc).__name__}: {exc}")
             raise
-
-
-def _total_or_none(cfg: RunConfig) -> int | None:
-    try:
-        return cfg.total_steps()
-    except Exception:  # noqa: BLE001 - a config too broken to count its steps still gets its failure recorded
-        return None

@@ -205,3 +205,12 @@ def test_usr2_writes_a_checkpoint_at_the_step_it_arrives(tmp_path):
     assert train(cfg, tmp_path / "run")["state"] == "done"
     train(cfg, tmp_path / "uninterrupted")
     same_state(tmp_path / "run", tmp_path / "uninterrupted")
+
+
+def test_job_failing_before_its_trainer_starts_records_why(tmp_path):
+    from dynamics.launch import RunJob
+
+    with pytest.raises(ConfigError, match="bogus"):
+        RunJob(1)({"train": {"bogus": 1}}, str(tmp_path / "run"), str(tmp_path))
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "bogus" in status["error"]
