@@ -22,8 +22,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         return _fail("--out DIR is required to train (or pass --dry-run)")
+    from .launch import config_problems
     from .train import train
 
+    if problems := config_problems(cfg):
+        return _fail(problems[0])
     status = train(cfg, args.out, device=args.device, progress=not args.quiet)
     print(f"{status['state']}: {args.out} (step {status.get('step')})")
     return 0 if status["state"] == "done" else 1
@@ -102,13 +105,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from experiments.registry import RegistryError
 
-    from .launch import plan, status_table
+    from .launch import plan, recorded_overrides, status_table
 
     try:
         studies = _studies(args.study, args.register)
         for study in studies:
-            runs = plan([study], args.scale, args.results, args.seeds, overrides=args.overrides)
+            overrides = args.overrides
+            recorded = recorded_overrides(args.results, args.scale, study.name)
+            if not overrides and recorded:
+                overrides = recorded
+            runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
             print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
+            if overrides and overrides is recorded:
+                print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
+            elif recorded is not None and sorted(recorded) != sorted(overrides or []):
+                print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
+                      "shows the grid of the ones given here")
             if scale_note := study.unsupported.get(args.scale):
                 print(f"  no runs at this scale: {scale_note}")
                 continue
@@ -120,9 +132,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
+    from .results import load_results
 
     studies = _studies(args.study, args.register)
+    root = Path(args.results)
+    if not root.is_dir():
+        return _fail(f"--results {root}: no such directory (a results root written by `dynamics run`)")
+    runs = load_results(root, scale=args.scale)
+    if runs.empty:
+        return _fail(f"--results {root}: no runs at scale {args.scale} under {root / args.scale} "
+                     f"(run `dynamics run STUDY --scale {args.scale} --results {root}` first)")
     out = write_report(args.results, args.scale, studies)
+    for row in runs[runs.state.isin(["diverged", "failed"])].itertuples():
+        detail = f"non-finite loss at step {row.step}" if row.state == "diverged" else (row.error or "")
+        print(f"{row.state}: {row.study}/{row.key} ({detail}) {row.run_dir}")
     print(f"wrote {out}")
     print((Path(args.results) / args.scale / "verdicts.csv").read_text())
     return 0
@@ -334,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from experiments.registry import RegistryError
 
+    from .results import RunLockedError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may stand anywhere among the options
@@ -342,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+    except (ConfigError, RegistryError, FileNotFoundError, RunLockedError) as exc:
         return _fail(str(exc))
 
 

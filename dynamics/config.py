@@ -56,6 +56,9 @@ class DataConfig:
             raise ConfigError("data.path is required for data.name=imagenet_latents (a directory of latent shards)")
 
 
+# eval metric -> the data it can be computed on (fid: at paper scale, through `dynamics fid`)
+EVAL_METRICS = {"sw2": TOY_DATASETS, "energy": TOY_DATASETS, "fd_digits": ("digits",), "fid": ("imagenet_latents",)}
+
 MODELS = ("mlp", "dit")
 DIT_SIZES = ("tiny", "S/2", "S/4", "B/4", "B/2", "M/2", "L/2", "XL/2")
 
@@ -106,8 +109,9 @@ class SamplerConfig:
         if self.kind == "dt_bin":
             _in_range(f"{prefix}.dt_min", self.dt_min, 0.0, 1.0)
             _in_range(f"{prefix}.dt_max", self.dt_max, 0.0, 1.0)
-            if self.dt_max < self.dt_min:
-                raise ConfigError(f"{prefix}.dt_max={self.dt_max} must be >= {prefix}.dt_min={self.dt_min}")
+            if self.dt_max <= self.dt_min:  # an empty bin would train nothing but v
+                raise ConfigError(f"{prefix}.dt_max={self.dt_max} must be > {prefix}.dt_min={self.dt_min} "
+                                  "(an empty dt bin)")
 
 
 @dataclass
@@ -291,6 +295,13 @@ class RunConfig:
             phase.validate(i)
         if self.model.name == "mlp" and self.data.name in ("digits", "imagenet_latents"):
             raise ConfigError(f"model.name=mlp works on 2-D toy data only, not data.name={self.data.name}")
+        for metric in self.eval.metrics:
+            allowed = EVAL_METRICS.get(metric)
+            if allowed is None:
+                raise ConfigError(f"eval.metrics: unknown metric {metric!r}; allowed {', '.join(EVAL_METRICS)}")
+            if self.data.name not in allowed:
+                raise ConfigError(f"eval.metrics: {metric} cannot be computed on data.name={self.data.name}; "
+                                  f"it needs data.name in {', '.join(allowed)}")
         if self.model.name == "dit" and self.data.name in TOY_DATASETS:
             raise ConfigError(f"model.name=dit needs image data (digits, imagenet_latents), not {self.data.name}")
         return self

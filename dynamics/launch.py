@@ -6,7 +6,11 @@ resolved config, see experiments/registry.py) and an action from what the store 
   skip     done                                   keep     failed or diverged (kept unless --rerun-failed)
   rerun    failed, with --rerun-failed: resumes from its last checkpoint (a crash may have been transient)
   restart  diverged, with --rerun-failed: the old directory moves to `.archive/` and the run starts over
-  busy     running now in another process or SLURM job          blocked  a parent it needs will not finish
+  busy     running now in another process or SLURM job (shown queued, requeued or running, from `squeue -r`)
+  blocked  a parent it needs will not finish
+Before anything is written or submitted, `preflight` checks what a job would fail on at its first line (data
+and parent-checkpoint paths), and the `key=value` overrides are kept in `<scale>/<study>/overrides.json` so
+that `dynamics status` shows the same grid.
 
 Execute.
   debug  submitit's DebugExecutor: in this process, one run after another, parents first.
@@ -16,18 +20,24 @@ Execute.
   slurm  submitit's SlurmExecutor: one job array per (dependency wave, study); an array waits for the
          parents' jobs with `--dependency=afterok:...`; sbatch parameters come from a cluster profile
          (slurm/example.toml documents it).
-Every job is `RunJob`, a submitit Checkpointable: on timeout or preemption submitit calls `checkpoint()`,
-which requeues the same run, and the trainer resumes it from checkpoints/last.pt. A job with several tasks
-sets up torch.distributed from submitit's environment.
+Every job is `RunJob`, a submitit Checkpointable: on timeout or preemption (USR2) the trainer writes a checkpoint
+at the step it is on, then submitit calls `checkpoint()`, which requeues the same run, and the trainer resumes it
+from checkpoints/last.pt. Whatever kills a job, the trainer holds an exclusive lock on its run directory
+(results.run_lock), so a run never has two writers, and a failure anywhere in the job (building the dataset
+included) is recorded in status.json with its reason and kept until `--rerun-failed`. A job with several
+tasks sets up torch.distributed from submitit's environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +53,18 @@ from .results import (
     EVAL_FILE,
     JOB_FILE,
     METRICS_FILE,
+    OVERRIDES_FILE,
     RUN_FILE,
     STATUS_FILE,
+    RunLockedError,
     atomic_write_json,
     checkpoint_path,
     last_jsonl_row,
     read_json,
     read_status,
+    run_lock,
     run_state,
+    write_status,
 )
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -130,11 +144,13 @@ def absolute_init(config: dict, root: str | Path) -> RunConfig:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job. Checkpointable: on timeout or preemption submitit calls `checkpoint()`, which
-    requeues the same run; the trainer then resumes it from checkpoints/last.pt."""
+    """One run as a submitit job. Checkpointable: on timeout or preemption (USR2) the trainer writes a checkpoint
+    at the step it is on, then submitit calls `checkpoint()`, which requeues the same run; the requeued job
+    resumes from checkpoints/last.pt without losing a step."""
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 0, signal_delay_s: float = 90.0):
         self.threads = threads  # torch CPU threads (local runs: 1 each); 0 leaves torch's default
+        self.signal_delay_s = signal_delay_s  # how long before the time limit SLURM sends USR2 (the profile's)
 
     def __call__(self, config: dict, run_dir: str, root: str) -> dict:
         import torch
@@ -143,17 +159,80 @@ class RunJob(submitit.helpers.Checkpointable):
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        cfg = absolute_init(config, root)
-        world, device = _setup_distributed()
         try:
-            return train(cfg, run_dir, device=device)
+            cfg = absolute_init(config, root)
+            world, device = _setup_distributed()
+        except Exception as exc:
+            _record_failure(Path(run_dir), exc)  # e.g. torch.distributed cannot start on this node
+            raise
+        stop, requeue = self._take_over_usr2()
+        try:
+            status = train(cfg, run_dir, device=device, stop=stop)
         finally:
             if world > 1:
                 torch.distributed.destroy_process_group()
+        if stop.is_set() and status.get("state") == "interrupted" and requeue is not None:
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() -> scontrol requeue -> exit
+        return status
+
+    def _take_over_usr2(self) -> tuple[threading.Event, Any]:
+        """Replace submitit's USR2 handler (which requeues at once, losing the steps since the last checkpoint)
+        by one that asks the trainer to stop at a step boundary; submitit's handler runs after the checkpoint.
+        Its time-out test is replaced too: submitit counts any signal in a job shorter than 10 minutes as a
+        time-out (using up max_num_timeout); here it is one only when the time limit is near."""
+        stop = threading.Event()
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if not callable(submitit_handler) or threading.current_thread() is not threading.main_thread():
+            return stop, None
+        owner = getattr(submitit_handler, "__self__", None)
+        if owner is not None and hasattr(owner, "has_timed_out"):
+            owner.has_timed_out = lambda: _near_time_limit(owner, self.signal_delay_s)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
+        return stop, submitit_handler
 
     def checkpoint(self, config: dict, run_dir: str, root: str) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; it resumes from its last checkpoint."""
-        return submitit.helpers.DelayedSubmission(RunJob(self.threads), config, run_dir, root)
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.signal_delay_s), config, run_dir, root)
+
+
+def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """status.json "failed" with the reason, for a job that failed before its trainer started (unless another
+    process holds the run directory, which is then its writer)."""
+    try:
+        with run_lock(run_dir, wait_s=0):
+            status = read_status(run_dir)
+            write_status(run_dir, "failed", step=int(status.get("step", 0)), error=f"{type(exc).__name__}: {exc}")
+    except RunLockedError:
+        pass
+
+
+def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:
+    """A USR2 is a time-out when the job's time limit is at most the signal delay away, plus SLURM's ~30 s
+    signal tick and a margin; otherwise it is a preemption (scancel -s USR2), which does not count. The time
+    left comes from SLURM (a limit may be changed while the job runs), else from the submitted limit."""
+    left = slurm_time_left_s(os.environ.get("SLURM_JOB_ID", ""))
+    if left is None:
+        left = handler._delayed._timeout_min * 60 - (time.time() - handler._start_time)
+    return left <= signal_delay_s + 60
+
+
+def slurm_time_left_s(job_id: str) -> float | None:
+    """Seconds left before a SLURM job's time limit (squeue %L: [days-][hours:]minutes:seconds); None if unknown."""
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not text or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        return None  # UNLIMITED, INVALID, or the job has left the queue
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return seconds + int(days or 0) * 86400
 
 
 def _setup_distributed() -> tuple[int, str | None]:
@@ -234,8 +313,10 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
             start = {"run": _init_step(spec.config), "restart": _init_step(spec.config),
                      "skip": total}.get(action, int(status.get("step", 0)))
             job = read_json(run_dir / JOB_FILE)
+            note = f"failed: {status['error']}" if state == "failed" and status.get("error") else ""
             out.append(PlannedRun(study.name, spec, run_dir, state, action, start, total,
-                                  job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else ""))
+                                  job_id=str(job.get("job_id", "")) if job.get("executor") == "slurm" else "",
+                                  note=note))
     _check_slurm_jobs(out)
     _mark_shared(out)
     by_uid = {r.uid: r for r in out}
@@ -247,24 +328,98 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
     return out
 
 
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. `-r` lists
+    every array task on its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+        elif parts:
+            states[parts[0]] = "PENDING"
+    return states
+
+
 def _check_slurm_jobs(runs: list[PlannedRun]) -> None:
-    """Runs with a recorded SLURM job: queued or running there -> busy; gone while marked running -> resume."""
+    """Runs with a recorded SLURM job: in the queue -> busy, shown `queued` (never started), `requeued` (waiting
+    to resume after preemption, time-out or requeue) or `running`; gone while marked running -> resume."""
     ids = [r.job_id for r in runs if r.job_id and r.action != "skip"]
     if not ids:
         return
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True,
-                             timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
+    states = squeue_states(ids)
+    if states is None:
         return  # not on the cluster: trust status.json
-    active = set(out.stdout.split())
     for r in runs:
         if not r.job_id or r.action == "skip":
             continue
-        if r.job_id in active:
-            r.action, r.note = "busy", f"SLURM job {r.job_id}"
+        if r.job_id in states:
+            started = r.state in ("running", "interrupted") or r.start_step > _init_step(r.config)
+            if states[r.job_id] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                r.state = "running"
+            else:
+                r.state = "requeued" if started else "queued"
+            r.action, r.note = "busy", f"SLURM job {r.job_id} {states[r.job_id].lower()}"
         elif r.action == "busy":
             r.state, r.action = "interrupted", "resume"
+
+
+# ----------------------------------------------------------------------------------------------------
+# pre-flight checks and the record of a launch
+
+
+def config_problems(cfg: RunConfig, grid_dirs: set[str] | None = None) -> list[str]:
+    """What a run's first lines would fail on, found before anything is written or submitted: a missing
+    data directory or shard index, a missing parent checkpoint (one outside the grid being launched)."""
+    problems = []
+    if cfg.data.name == "imagenet_latents":
+        path = Path(cfg.data.path)
+        if not path.is_dir():
+            problems.append(f"data.path={cfg.data.path}: no such directory (the latent shards; see "
+                            "dynamics/data/imagenet.py)")
+        elif not (path / "index.json").is_file():
+            problems.append(f"data.path={cfg.data.path}: no index.json there (not a latent shard directory, or "
+                            "an incomplete extraction)")
+    init = cfg.init
+    if init.run_dir and os.path.isabs(init.run_dir) and init.run_dir not in (grid_dirs or set()):
+        ckpt = checkpoint_path(Path(init.run_dir), init.epoch)
+        if not ckpt.is_file():
+            problems.append(f"init.run_dir={init.run_dir}: no checkpoint {ckpt.name} there (the weights to start "
+                            "from)")
+    return problems
+
+
+def preflight(todo: list[PlannedRun]) -> list[str]:
+    """`config_problems` of every run to execute, each problem once."""
+    grid_dirs = {str(r.run_dir) for r in todo}
+    problems: dict[str, None] = {}
+    for run in todo:
+        problems.update(dict.fromkeys(config_problems(run.config, grid_dirs)))
+    return list(problems)
+
+
+def record_overrides(root: Path, scale: str, studies: list, overrides: list[str] | None) -> None:
+    """Keep the `key=value` list a grid was launched with beside it, so `dynamics status` sees the same grid."""
+    for study in studies:
+        path = root / scale / study.name / OVERRIDES_FILE
+        if overrides or path.exists():
+            atomic_write_json(path, list(overrides or []))
+
+
+def recorded_overrides(root: str | Path, scale: str, study: str) -> list[str] | None:
+    """The overrides `dynamics run` last used for a study at a scale (None: no record)."""
+    path = Path(root) / scale / study / OVERRIDES_FILE
+    if not path.exists():
+        return None
+    try:
+        return list(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -463,7 +618,8 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
             for run in group:
                 _prepare(run)
             with executor.batch():
-                jobs = [executor.submit(RunJob(), r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
+                job_fn = RunJob(signal_delay_s=float(profile.get("signal_delay_s", 90)))
+                jobs = [executor.submit(job_fn, r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
             for run, job in zip(group, jobs):
                 job_ids[run.uid] = str(job.job_id)
                 _record_job(run, "slurm", str(job.job_id))
@@ -598,7 +754,7 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
         status = read_status(r.run_dir)
         row = last_jsonl_row(r.run_dir / METRICS_FILE) or {}
         step = max(int(status.get("step", 0)), int(row.get("step", 0)))
-        state = "queued" if r.action == "busy" and r.state == "pending" else r.state
+        state = r.state
         counts[state] = counts.get(state, 0) + 1
         updated = status.get("updated")
         age = "-" if updated is None else f"{max(0.0, now - updated) / 60:.1f} min ago"
@@ -606,7 +762,7 @@ def status_table(runs: list[PlannedRun], out: Any = None) -> dict[str, int]:
         extra = f"  {status['error']}" if status.get("error") else ""
         print(f"{r.spec.key:<{width}}  {r.spec.hash:<12}  {state:<11}  "
               f"{f'{step:,}/{r.total_steps:,} ({pct:.0f}%)':>22}  {age}{extra}", file=out)
-    order = ("done", "running", "queued", "interrupted", "failed", "diverged", "pending")
+    order = ("done", "running", "queued", "requeued", "interrupted", "failed", "diverged", "pending")
     print("  ".join(f"{k}: {counts[k]}" for k in order if k in counts) or "no runs", file=out)
     return counts
 
@@ -658,14 +814,20 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     by_uid = {r.uid: r for r in runs}
     todo = [r for r in runs if r.action in TO_EXECUTE]
     n_jobs = jobs or os.cpu_count() or 1
+    problems = preflight(todo)
     if dry_run:
         print_plan(runs, studies, n_jobs)
+        for problem in problems:
+            print(f"warning: {problem}; the jobs would fail at start")
         if executor == "slurm":
             print("sbatch script header (submitit's, as each array gets it, plus --array and --dependency):")
             for line in sbatch_preview(prof):
                 print(f"  {line}")
             execute_slurm(todo, by_uid, root, prof, dry_run=True)
         return {}
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                          + "; nothing submitted")
     skipped = {a: sum(1 for r in runs if r.action == a) for a in ("skip", "keep", "busy", "blocked")}
     others = ", ".join(f"{n} {a}" for a, n in skipped.items() if n)
     print(f"{scale}: {len(runs)} runs, {len(todo)} to train" + (f" ({others})" if others else "")
@@ -676,6 +838,12 @@ def launch(studies: list, scale: str, executor: str = "local", root: str | Path 
     for r in runs:
         if r.spec.owner:
             link_shared(r, root)
+    for study in studies:
+        recorded = recorded_overrides(root, scale, study.name)
+        if recorded is not None and sorted(recorded) != sorted(overrides or []):
+            print(f"  note: {study.name} was last launched with other overrides ({' '.join(recorded) or 'none'}); "
+                  "this launch trains the grid of the ones given now")
+    record_overrides(root, scale, studies, overrides)
     if not todo:
         return {}
     start = time.time()

@@ -8,6 +8,8 @@ a half-written file; the logs are append-only and trimmed back to the checkpoint
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -58,8 +60,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    """torch.save to a temporary name, fsync, rename: a crash at any point leaves the old file or the new one."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -111,6 +117,42 @@ def read_status(run_dir: Path) -> dict:
         return {"state": "unknown"}
 
 
+class RunLockedError(RuntimeError):
+    """Another process holds a run directory's lock (two trainers in one directory would interleave rows)."""
+
+
+LOCK_FILE = ".lock"
+LOCK_WAIT_S = float(os.environ.get("DYNAMICS_LOCK_WAIT_S", 60))  # > SLURM's KillWait (default 30 s)
+
+
+@contextmanager
+def run_lock(run_dir: Path, wait_s: float | None = None):
+    """Hold an exclusive lock on `run_dir` for the life of a run. The lock is flock(2) on `<run_dir>/.lock`,
+    so the OS releases it when the holder dies however it dies (kill -9 included). A second process waits
+    up to `wait_s` (default LOCK_WAIT_S, longer than SLURM's KillWait, so a requeued job can take over from
+    its dying predecessor), then raises RunLockedError having changed nothing but the empty lock file."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise RunLockedError(f"{run_dir} is being trained by another process (its lock was held for "
+                                         f"{wait_s:g} s); not starting a second writer") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def checkpoint_path(run_dir: Path, epoch: float | None = None) -> Path:
     """`checkpoints/last.pt`, or the kept checkpoint of an epoch (`checkpoints/epoch_5.pt`)."""
     name = LAST_CKPT if epoch is None or epoch < 0 else f"epoch_{epoch:g}.pt"
@@ -122,6 +164,7 @@ def checkpoint_path(run_dir: Path, epoch: float | None = None) -> Path:
 
 RUN_FILE = "run.json"  # the launcher's record: study, key, scale, hash, tags, depends_on
 JOB_FILE = "job.json"  # the launcher's record of the job: executor, job_id, host, submitted
+OVERRIDES_FILE = "overrides.json"  # <root>/<scale>/<study>/overrides.json: the `dynamics run` key=value list
 RUN_STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
 _HOST = socket.gethostname()
 _RESERVED = ("scale", "study", "key", "hash", "run_dir", "state", "step", "total_steps", "progress",

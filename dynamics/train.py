@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +34,18 @@ from .results import (
     CONFIG_FILE,
     EVAL_FILE,
     METRICS_FILE,
+    RunLockedError,
     append_jsonl,
     atomic_torch_save,
     atomic_write_json,
     checkpoint_path,
     read_status,
+    run_lock,
     truncate_jsonl,
     write_status,
 )
+
+PREV_CKPT = "prev.pt"  # the checkpoint before last.pt, kept (as a hard link) for when last.pt is unreadable
 
 
 @dataclass
@@ -153,15 +159,22 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = self.state_dict()
-        atomic_torch_save(checkpoint_path(self.run_dir), state)
+        last = checkpoint_path(self.run_dir)
+        if last.exists():  # keep the previous good checkpoint: a hard link, then last.pt is replaced atomically
+            prev_tmp = last.with_name(f".{PREV_CKPT}.{os.getpid()}.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(last, prev_tmp)
+            os.replace(prev_tmp, last.with_name(PREV_CKPT))
+        atomic_torch_save(last, state)
         if self.step in self.epoch_steps:
             atomic_torch_save(checkpoint_path(self.run_dir, self.epoch_steps[self.step]), state)
 
     def restore(self) -> None:
         """Resume this run from its last checkpoint, or start from the configured parent run's."""
         last = checkpoint_path(self.run_dir)
-        if last.exists():
-            self.load_state_dict(torch.load(last, map_location=self.device, weights_only=False))
+        state = self._load_first_valid([last, last.with_name(PREV_CKPT)])
+        if state is not None:
+            self.load_state_dict(state)
             if self.dist.is_main:
                 truncate_jsonl(self.run_dir / METRICS_FILE, self.step)
                 truncate_jsonl(self.run_dir / EVAL_FILE, self.step)
@@ -177,6 +190,22 @@ class Trainer:
             if self.step >= self.total_steps:
                 raise ConfigError(f"init: the parent checkpoint is at step {self.step}, past this run's "
                                   f"{self.total_steps} steps")
+
+    def _load_first_valid(self, paths: list[Path]) -> dict | None:
+        """The first of `paths` that loads as a complete checkpoint; an unreadable one (a crash mid-write on a
+        file system without atomic rename, a torn copy) is reported and skipped, never used."""
+        for path in paths:
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=False)
+                if not isinstance(state, dict) or not {"step", "model", "ema", "optimizer"} <= set(state):
+                    raise ValueError("not a complete checkpoint")
+                return state
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
+                print(f"dynamics: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+        return None
 
     # -- the loop ---------------------------------------------------------------------------------------
     def phase_index(self, step: int) -> int:
@@ -232,8 +261,20 @@ class Trainer:
         for row in self.evaluator(self.ema, self.step):
             append_jsonl(self.run_dir / EVAL_FILE, {"epoch": self.epoch(self.step), **row})
 
-    def run(self, progress: bool = False, stop_after: int | None = None) -> dict:
-        """Train to the end; `stop_after` steps (tests) simulates a kill after a checkpoint."""
+    def stop_now(self, stop: threading.Event | None) -> bool:
+        """Whether a stop was requested (preemption or time-out signal); with several ranks, by any rank."""
+        flag = stop is not None and stop.is_set()
+        if self.dist.world_size > 1 and stop is not None:
+            t = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def run(self, progress: bool = False, stop_after: int | None = None,
+            stop: threading.Event | None = None) -> dict:
+        """Train to the end; `stop_after` steps (tests) simulates a kill after a checkpoint. When `stop` is set
+        (a USR2 handler: preemption or time-out), write a checkpoint at the current step and return
+        "interrupted", so the requeued job resumes without losing a step."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             atomic_write_json(self.run_dir / CONFIG_FILE, self.cfg.to_dict())
@@ -270,6 +311,10 @@ class Trainer:
                 self._status("running")
             if stop_after is not None and self.step >= stop_after:
                 return read_status(self.run_dir)
+            if self.stop_now(stop):
+                self.save_checkpoint()
+                self._status("interrupted", reason="stop signal (preemption or time-out): checkpointed")
+                return read_status(self.run_dir)
         if bar is not None:
             bar.close()
         self._status("done")
@@ -282,11 +327,23 @@ class Trainer:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None = None,
-          progress: bool = False) -> dict:
-    """Train (or resume) one run into `run_dir`; returns its final status."""
-    trainer = Trainer(cfg, run_dir, device)
-    try:
-        return trainer.run(progress=progress)
-    except Exception as exc:
-        trainer._status("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+          progress: bool = False, stop: threading.Event | None = None) -> dict:
+    """Train (or resume) one run into `run_dir`; returns its final status.
+
+    The run directory is locked for the run's life (one writer only; see results.run_lock). A failure
+    anywhere after the lock is taken, building the dataset or the model included, is recorded in status.json
+    as "failed" with its reason, then re-raised; a run that finds the lock held changes nothing."""
+    run_dir = Path(run_dir)
+    cfg.validate()  # bad input: one clear error, nothing written
+    if not dist_info().is_main:
+        return Trainer(cfg, run_dir, device).run(progress=False, stop=stop)
+    with run_lock(run_dir):
+        try:
+            return Trainer(cfg, run_dir, device).run(progress=progress, stop=stop)
+        except RunLockedError:
+            raise
+        except Exception as exc:
+            step = int(read_status(run_dir).get("step", 0))
+            write_status(run_dir, "failed", step=step, total_steps=cfg.total_steps(), pid=os.getpid(),
+                         error=f"{type(exc).__name__}: {exc}")
+            raise
