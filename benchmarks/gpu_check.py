@@ -40,7 +40,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -320,6 +319,9 @@ def section_step_cost(sz: Sizes) -> Section:
         fm_peak = measure_peak(case, quick, "fm")
         for share in sz.shares:
             for strategy in eager:
+                if sz.budget_s is not None and elapsed() > sz.budget_s - COMPILE_RESERVE_S:
+                    skipped.append(f"{strategy} @{case.batch} r!=t {share}: budget spent ({elapsed():.0f} s)")
+                    continue
                 rows.append(cost_row(case, quick, strategy, share, fm_peak, sz.pairs))
     if step_cost.COMPILED in sz.strategies:
         for case in step_cost.cases([m + "+compile" for m in sz.bench_models], quick):
@@ -661,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": lambda: section_train(sz, work, args.deterministic),
             "distributed": lambda: section_distributed(sz, work),
             "fid": lambda: section_fid(sz, work),
-            "estimate": lambda: section_estimate(sz, train, args.calibrate, args.rates_file),
+            "estimate": lambda train=train: section_estimate(sz, train, args.calibrate, args.rates_file),
             "step_cost": lambda: section_step_cost(sz),
         }[name]
         if name == "distributed" and not (work / "shards" / "index.json").exists():

@@ -41,7 +41,6 @@ from .results import (
     write_status,
 )
 
-
 # Set to 1 to start torch.distributed on a single process (world size 1) when nothing else has: the
 # trainer then goes through the gradient all-reduce as a multi-GPU job does (benchmarks/gpu_check.py).
 FORCE_DIST_ENV = "DYNAMICS_FORCE_DIST"
