@@ -68,8 +68,8 @@ def init_single_process_group(device: torch.device) -> str:
     import socket
 
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda":  # nccl binds this process to one device
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
