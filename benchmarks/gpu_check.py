@@ -345,10 +345,36 @@ def section_step_cost(sz: Sizes) -> Section:
             fm_peak = measure_peak(case, quick, "fm")
             rows.append(cost_row(case, quick, step_cost.COMPILED, sz.shares[0], fm_peak, sz.pairs))
     sec.values["rows"] = rows
+    sec.values["goals"] = goals(rows)
     if skipped:
         sec.notes += [f"skipped {s}" for s in skipped]
     sec.check("all_finite", all(np.isfinite([r["fm_ms"], r["mf_ms"], r["mf_peak_mb"]]).all() for r in rows))
     return sec
+
+
+# The issue's performance goals at the largest batch (recorded, never asserted): time x at the default mix, time x
+# in a u-only phase, peak memory x, and MeanFlow's share of flow matching's img/s.
+GOALS = {"mix_time_x": 1.15, "u_only_time_x": 1.5, "mem_x": 1.1, "img_s_share": 0.85}
+
+
+def goals(rows: list[dict]) -> dict:
+    """Per strategy, at the largest batch measured: each goal's value and whether it is met."""
+    if not rows:
+        return {}
+    big = max(r["batch"] for r in rows)
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["batch"] != big:
+            continue
+        g = out.setdefault(r["strategy"], {"batch": big})
+        if r["share_r_ne_t"] == 1.0:
+            g["u_only_time_x"] = (r["time_ratio"], r["time_ratio"] <= GOALS["u_only_time_x"])
+        else:
+            g["mix_time_x"] = (r["time_ratio"], r["time_ratio"] <= GOALS["mix_time_x"])
+            if r["mem_ratio"] is not None:
+                g["mem_x"] = (r["mem_ratio"], r["mem_ratio"] <= GOALS["mem_x"])
+            g["img_s_share"] = (r["throughput_ratio"], r["throughput_ratio"] >= GOALS["img_s_share"])
+    return out
 
 
 def measure_peak(case, quick: bool, kind: str, strategy: str = "", share: float = 0.0) -> float:
@@ -593,7 +619,7 @@ def print_section(sec: Section) -> None:
     print(f"\n== {sec.name}: {sec.status.upper()} ({sec.seconds:.1f} s){'  ' + checks if checks else ''}",
           flush=True)
     for key, value in sec.values.items():
-        if key not in ("rows", "traceback"):
+        if key not in ("rows", "traceback", "goals"):
             print(f"   {key}: {value}")
     for row in sec.values.get("rows", []):
         if row is sec.values["rows"][0]:
@@ -603,6 +629,11 @@ def print_section(sec: Section) -> None:
         print(f"   {row['model']:16s} {name:9s} {row['share_r_ne_t']:5.2f} {row['fm_ms']:9.2f} {row['mf_ms']:9.2f} "
               f"{row['time_ratio']:6.2f} {row['fm_peak_mb']:9.1f} {row['mf_peak_mb']:9.1f} "
               f"{row['mem_ratio'] or float('nan'):6.2f} {row['throughput_ratio']:7.2f}")
+    if sec.values.get("goals"):
+        print("   goals (" + ", ".join(f"{k} {'<=' if k != 'img_s_share' else '>='} {v}" for k, v in GOALS.items())
+              + "): " + "; ".join(f"{s} " + ", ".join(f"{k} {v[0]:.2f} {'met' if v[1] else 'MISSED'}"
+                                                       for k, v in g.items() if k != "batch")
+                                  for s, g in sec.values["goals"].items()))
     for note in sec.notes:
         print(f"   note: {note}")
     if "traceback" in sec.values:

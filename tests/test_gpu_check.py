@@ -63,6 +63,7 @@ def test_cpu_variant_runs_every_section_and_passes(tmp_path):
     assert all(e["fp32"] <= 1e-4 for e in cost["values"]["jvp_rel_error"].values())
     row = cost["values"]["rows"][0]
     assert {"fm_ms", "mf_ms", "time_ratio", "fm_peak_mb", "mf_peak_mb", "throughput_ratio"} <= set(row)
+    assert set(cost["values"]["goals"]) == strategies and "mix_time_x" in cost["values"]["goals"]["rows"]
     assert "== step_cost: OK" in proc.stdout and "strategy" in proc.stdout  # the readable table
 
 
