@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE ?= cpu
 
-.PHONY: install test lint reproduce bench clean
+.PHONY: install test lint reproduce bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ reproduce: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_cost.py
+
+# The GPU path in one command (CUDA if present, else tiny CPU sizes): record in gpu_check.json, table on stdout.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --json gpu_check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) results

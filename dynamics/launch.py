@@ -83,6 +83,7 @@ class StepRate:
     device: str
     eval_s: float  # seconds per evaluation in eval.jsonl (0 where FID is computed separately)
     source: str
+    origin: str = "built-in figure in dynamics/launch.py STEP_RATES"  # where the figure comes from
 
 
 # Small scales: measured with `python benchmarks/registry_scale.py --step-rates` (one torch thread per run) on
@@ -101,6 +102,52 @@ STEP_RATES: dict[str, StepRate] = {
     "l2": StepRate(3.5 * 5.56 / 80.7, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/80.7"),
     "xl2": StepRate(3.5 * 5.56 / 118.6, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/118.6"),
 }
+# Rates measured on a GPU by `python benchmarks/gpu_check.py --calibrate` replace the built-in figures above:
+# {"<scale>": {"steps_per_s", "device", "img_per_s", "batch", "measured", "torch", "cuda"}}. A cluster scale
+# without its own measurement scales a measured b4 rate by the DiT forward GFLOPs, as the estimates do.
+MEASURED_RATES_FILE = Path(__file__).with_name("measured_rates.json")
+DIT_GFLOPS = {"b4": 5.56, "m2": 53.8, "l2": 80.7, "xl2": 118.6}
+
+
+_MEASURED_CACHE: dict[tuple[str, int], dict] = {}
+
+
+def _measured_rates(path: Path) -> dict:
+    """The file's {scale: rate entry}, read once per modification (a dry run estimates every run of a grid)."""
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return {}
+    if key in _MEASURED_CACHE:
+        return _MEASURED_CACHE[key]
+    try:
+        data = json.loads(path.read_text())
+        _MEASURED_CACHE[key] = {k: dict(v) for k, v in data.items()}
+        return _MEASURED_CACHE[key]
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a measured-rates file ({exc}); rewrite it with "
+                          f"`python benchmarks/gpu_check.py --calibrate` or delete it") from None
+
+
+def step_rate(scale: str, path: Path | None = None) -> StepRate:
+    """The rate the cost model uses for `scale`: measured (MEASURED_RATES_FILE) where it holds the scale or, for
+    a cluster scale, a measured b4 scaled by GFLOPs; else the built-in STEP_RATES figure."""
+    path = MEASURED_RATES_FILE if path is None else Path(path)
+    measured = _measured_rates(path)
+    base = STEP_RATES[scale]
+    origin = f"measured by benchmarks/gpu_check.py --calibrate ({path.name})"
+    if scale in measured:
+        m = measured[scale]
+        return StepRate(float(m["steps_per_s"]), str(m.get("device", "1 GPU")), base.eval_s,
+                        f"{m.get('device', '?')}, batch {m.get('batch', '?')}, {m.get('measured', '?')}", origin)
+    if scale in DIT_GFLOPS and "b4" in measured:
+        b4 = step_rate("b4", path)
+        return StepRate(b4.steps_per_s * DIT_GFLOPS["b4"] / DIT_GFLOPS[scale], b4.device, base.eval_s,
+                        f"B/4's measured {b4.steps_per_s:.2f} it/s x GFLOPs {DIT_GFLOPS['b4']}/{DIT_GFLOPS[scale]}",
+                        origin)
+    return base
+
+
 # Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s alone; 20.3 /
 # 17.7 / 28.2 ms at load 1, one thread): u-only puts every row through the JVP, v-only none. The cpu evaluation
 # (4096 samples: 1-, 2-NFE u and 32-NFE v, sliced W2 only) took 1.96 s wall at load 2.5 and 1.8 s of CPU time at
@@ -113,7 +160,7 @@ RUN_OVERHEAD_S = 3.0
 
 def estimate_seconds(cfg: RunConfig, start_step: int) -> float:
     """Device seconds to train `cfg` from `start_step` to its end, with its evaluations."""
-    rate = STEP_RATES[cfg.scale]
+    rate = step_rate(cfg.scale)
     bounds = phase_boundaries(cfg)
     seconds = 0.0
     for i, phase in enumerate(cfg.resolved_phases()):
@@ -709,16 +756,16 @@ def cost_summary(runs: list[PlannedRun], jobs: int) -> str:
     if not runs:
         return "nothing to estimate"
     scale = runs[0].config.scale
-    rate = STEP_RATES[scale]
+    rate = step_rate(scale)
     seconds = sum(estimate_seconds(r.config, r.start_step) for r in todo)
     steps = sum(r.total_steps - r.start_step for r in todo)
     if scale in CLUSTER_SCALES:
         return (f"{len(todo)} of {len(runs)} runs to train, {steps:,} steps: about {seconds / 3600:,.0f} GPU-hours "
-                f"(H100: {rate.steps_per_s:.2f} joint steps/s per GPU at batch 256, ideal data-parallel scaling; "
-                f"{rate.source})")
+                f"({rate.device}: {rate.steps_per_s:.2f} joint steps/s per GPU at batch 256, ideal data-parallel "
+                f"scaling; {rate.origin}: {rate.source})")
     return (f"{len(todo)} of {len(runs)} runs to train, {steps:,} steps: about {_fmt_minutes(seconds)} CPU-minutes, "
             f"{_fmt_minutes(seconds / max(1, jobs))} min wall with {jobs} runs at once "
-            f"({rate.steps_per_s:g} steps/s per run on {rate.device}, {rate.source})")
+            f"({rate.steps_per_s:g} steps/s per run on {rate.device}, {rate.origin}: {rate.source})")
 
 
 def print_plan(runs: list[PlannedRun], studies: list, jobs: int, out: Any = None) -> None:

@@ -46,12 +46,16 @@ from .results import (
 )
 
 PREV_CKPT = "prev.pt"  # the checkpoint before last.pt, kept (as a hard link) for when last.pt is unreadable
+# Set to 1 to start torch.distributed on a single process (world size 1) when nothing else has: the
+# trainer then goes through the gradient all-reduce as a multi-GPU job does (benchmarks/gpu_check.py).
+FORCE_DIST_ENV = "DYNAMICS_FORCE_DIST"
 
 
 @dataclass
 class DistInfo:
     rank: int = 0
     world_size: int = 1
+    initialized: bool = False  # a process group is up: gradients are all-reduced, even at world size 1
 
     @property
     def is_main(self) -> bool:
@@ -60,8 +64,22 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size())
+        return DistInfo(dist.get_rank(), dist.get_world_size(), True)
     return DistInfo()
+
+
+def init_single_process_group(device: torch.device) -> str:
+    """torch.distributed on this process alone (rank 0 of 1): nccl on CUDA, gloo on CPU; returns the backend."""
+    import socket
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # nccl binds this process to one device
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return backend
 
 
 def learning_rate(cfg: RunConfig, step: int) -> float:
@@ -113,6 +131,8 @@ class Trainer:
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
+        if os.environ.get(FORCE_DIST_ENV) == "1" and not (dist.is_available() and dist.is_initialized()):
+            init_single_process_group(self.device)
         self.dist = dist_info()
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -240,7 +260,7 @@ class Trainer:
             return {"diverged": True, "loss": float(out.loss.detach())}
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        if self.dist.world_size > 1:
+        if self.dist.initialized:
             all_reduce_gradients(self.model, self.dist.world_size)
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
