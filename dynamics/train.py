@@ -228,6 +228,7 @@ class Trainer:
             return
         for row in self.evaluator(self.ema, self.step):
             append_jsonl(self.run_dir / EVAL_FILE, {"epoch": self.epoch(self.step), **row})
+        self.evaluator.grid_png(self.ema, self.run_dir / f"samples_step{self.step:06d}.png")
 
     def run(self, progress: bool = False, stop_after: int | None = None) -> dict:
         """Train to the end; `stop_after` steps (tests) simulates a kill after a checkpoint."""
