@@ -66,11 +66,14 @@ class ModelConfig:
     # MLP
     width: int = 256
     depth: int = 3
-    time_embedding: str = "raw"  # raw (t, t - r as inputs) | sinusoidal (DiT-style, scale 1000)
+    time_embedding: str = "raw"  # raw (t, t - r as inputs) | sinusoidal (DiT-style features of time_scale * t)
     # DiT
     size: str = "tiny"
     patch_size: int = 0  # 0 = the size's own patch (tiny: 2)
-    time_scale: float = 1000.0  # DiT: times are multiplied by this before the sinusoidal features
+    # Sinusoidal time features (DiT, and the MLP's sinusoidal option) see time_scale * t. 1.0: t in [0, 1]
+    # unscaled, as the official MeanFlow code (JAX and PyTorch); 1000 (DiT's integer-timestep habit) multiplies
+    # d/dt u through every time feature, and the target v - (t - r) du/dt then chases its own derivative.
+    time_scale: float = 1.0
 
     def validate(self) -> None:
         _choice("model.name", self.name, MODELS)
@@ -78,6 +81,8 @@ class ModelConfig:
         _choice("model.size", self.size, DIT_SIZES)
         if self.width < 1 or self.depth < 1:
             raise ConfigError(f"model.width={self.width} and model.depth={self.depth} must be >= 1")
+        if self.time_scale <= 0:
+            raise ConfigError(f"model.time_scale={self.time_scale} must be > 0 (1.0: t in [0, 1] unscaled)")
 
 
 SAMPLERS = ("logit_normal", "uniform", "dt_bin")
@@ -107,9 +112,15 @@ class SamplerConfig:
 
 @dataclass
 class CFGConfig:
-    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null)."""
+    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null).
+
+    `dropout_rows`: `leading` (default, the official code's layout): Binomial(n, class_dropout) rows are
+    dropped, and they are the batch's first rows, which are r = t rows, so the null class is trained on v
+    only; `random`: each row is dropped independently, u rows included.
+    """
 
     class_dropout: float = 0.1
+    dropout_rows: str = "leading"  # leading | random
     w: float = 1.0
     kappa: float = 0.0
     t_min: float = 0.0
@@ -117,6 +128,7 @@ class CFGConfig:
 
     def validate(self) -> None:
         _in_range("objective.cfg.class_dropout", self.class_dropout, 0.0, 1.0)
+        _choice("objective.cfg.dropout_rows", self.dropout_rows, ("leading", "random"))
         _in_range("objective.cfg.kappa", self.kappa, 0.0, 1.0)
         if self.kappa >= 1.0:
             raise ConfigError("objective.cfg.kappa must be < 1 (effective guidance w / (1 - kappa))")

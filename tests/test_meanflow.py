@@ -222,3 +222,24 @@ def test_sinusoidal_mlp_runs_under_jvp():
     z, r, t, v = _inputs((2,))
     _, dudt = total_derivative(model, z, r, t, v)
     assert torch.isfinite(dudt).all() and not math.isnan(float(dudt.sum().detach()))
+
+
+@pytest.mark.parametrize("rows", ["leading", "random"])
+def test_class_dropout_rows(rows):
+    """Issue 8.3: by default the dropped rows are the batch's first rows (the official layout), so every
+    null-class row has r = t; `random` drops rows anywhere, u rows included."""
+    cfg = CFGConfig(class_dropout=0.1, dropout_rows=rows, w=1.0, kappa=0.0)
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.75, cfg=cfg, num_classes=10)
+    x, y = torch.randn(512, 2), torch.zeros(512, dtype=torch.long)
+    n_drop, n_u_drop = 0, 0
+    for seed in range(8):
+        t, r, _, y_in, n_v = loss_fn.draw(x, y, torch.Generator().manual_seed(seed))
+        dropped = y_in == 10
+        n_drop += int(dropped.sum())
+        n_u_drop += int((dropped & (r != t)).sum())
+        if rows == "leading":
+            k = int(dropped.sum())
+            assert dropped[:k].all() and not dropped[k:].any()
+            assert torch.equal(t[dropped], r[dropped])  # the null class only ever sees r = t
+    assert 0.07 < n_drop / (8 * 512) < 0.13
+    assert (n_u_drop == 0) if rows == "leading" else (n_u_drop > 0)

@@ -83,9 +83,16 @@ class MeanFlowLoss:
         t, r = self.sampler.sample(n, n_v, gen, x.device, q_range)
         e = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         if self.cfg is not None and y is not None:
-            drop = torch.rand(n, generator=gen, device=x.device) < self.cfg.class_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            y = torch.where(self.dropped_rows(n, gen, x.device), torch.full_like(y, self.num_classes), y)
         return t.to(x.dtype), r.to(x.dtype), e, y, n_v
+
+    def dropped_rows(self, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
+        """CFG class dropout mask. `leading` (the official code): as many rows as a Bernoulli draw per row
+        would drop, taken from the front of the batch, i.e. from the r = t rows; `random`: the Bernoulli rows."""
+        drop = torch.rand(n, generator=gen, device=device) < self.cfg.class_dropout
+        if self.cfg.dropout_rows == "leading":
+            drop = torch.arange(n, device=device) < drop.sum()
+        return drop
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None, gen: torch.Generator,
                  step: int = 0) -> LossOutput:

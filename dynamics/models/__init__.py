@@ -10,7 +10,8 @@ from .mlp import MLP
 
 def build_model(cfg: ModelConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
     if cfg.name == "mlp":
-        return MLP(data_dim=data_shape[0], width=cfg.width, depth=cfg.depth, time_embedding=cfg.time_embedding)
+        return MLP(data_dim=data_shape[0], width=cfg.width, depth=cfg.depth, time_embedding=cfg.time_embedding,
+                   time_scale=cfg.time_scale)
     from .dit import build_dit
 
     channels, size = data_shape[0], data_shape[-1]

@@ -52,10 +52,12 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 class TimestepEmbedder(nn.Module):
     """Scalar time -> vector: DiT's sinusoidal features of ``time_scale * t``, then a 2-layer MLP.
 
-    The scale (1000 by default) matches DiT's integer timesteps, so t in [0, 1] spans the same frequencies.
+    The scale is 1.0 by default: t in [0, 1] goes into the features unscaled, as in the official MeanFlow code
+    (JAX `models_dit.py` and py-meanflow). DiT's x1000 (its integer-timestep habit) multiplies d/dt u by up to
+    1000 through the chain rule, and MeanFlow's target v - (t - r) du/dt then chases its own derivative.
     """
 
-    def __init__(self, hidden_size: int, freq_dim: int = 256, time_scale: float = 1000.0,
+    def __init__(self, hidden_size: int, freq_dim: int = 256, time_scale: float = 1.0,
                  max_period: float = 10000.0):
         super().__init__()
         self.freq_dim = freq_dim
@@ -65,7 +67,7 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def sinusoid(self, t: Tensor) -> Tensor:
-        # At least float32: bf16 * 1000 would lose the fine time resolution; float64 stays (tests).
+        # At least float32: bf16 would lose the fine time resolution; float64 stays (tests).
         dtype = torch.promote_types(t.dtype, torch.float32)
         half = self.freq_dim // 2
         steps = torch.arange(half, dtype=dtype, device=t.device) / half
@@ -161,7 +163,7 @@ class DiT(nn.Module):
     """Diffusion Transformer mapping (x, r, t, y) to u_theta(x, r, t | y) of the same shape as x."""
 
     def __init__(self, input_size: int, in_channels: int, patch_size: int, hidden_size: int, depth: int,
-                 num_heads: int, num_classes: int = 0, mlp_ratio: float = 4.0, time_scale: float = 1000.0):
+                 num_heads: int, num_classes: int = 0, mlp_ratio: float = 4.0, time_scale: float = 1.0):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input size {input_size} is not divisible by patch size {patch_size}")
@@ -232,7 +234,7 @@ class DiT(nn.Module):
 
 
 def build_dit(name: str, input_size: int, in_channels: int, num_classes: int,
-              patch_size: int | None = None, time_scale: float = 1000.0) -> DiT:
+              patch_size: int | None = None, time_scale: float = 1.0) -> DiT:
     """Build a named DiT; patch_size overrides the one in the name (required to vary for "tiny")."""
     cfg = dit_config(name)
     patch = patch_size if patch_size is not None else (cfg["patch_size"] or 2)

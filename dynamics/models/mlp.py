@@ -1,8 +1,8 @@
 """An MLP for 2-D data conditioned on (t, t - r).
 
-Raw times as inputs are the right conditioning at this size: DiT's sinusoidal features at frequency
-scale 1000 made one-step generation stall on toy data (the issue's calibration probe), so they are an
-option here, not the default.
+Raw times as inputs are the default conditioning at this size; DiT-style sinusoidal features are an option.
+Their time scale is `model.time_scale` (1.0 by default: t in [0, 1] unscaled, as the official MeanFlow code;
+a scale of 1000 multiplies d/dt u through every feature and made one-step generation stall on toy data).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1.0, max_period: float = 10000.0) -> Tensor:
     """DiT's timestep features: cos/sin of scale * t at geometrically spaced frequencies."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -23,9 +23,10 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period:
 
 class MLP(nn.Module):
     def __init__(self, data_dim: int = 2, width: int = 256, depth: int = 3, time_embedding: str = "raw",
-                 time_dim: int = 32):
+                 time_dim: int = 32, time_scale: float = 1.0):
         super().__init__()
         self.time_embedding = time_embedding
+        self.time_scale = time_scale
         self.time_dim = time_dim if time_embedding == "sinusoidal" else 1
         layers: list[nn.Module] = []
         d_in = data_dim + 2 * self.time_dim
@@ -38,7 +39,7 @@ class MLP(nn.Module):
     def embed(self, t: Tensor) -> Tensor:
         if self.time_embedding == "raw":
             return t[:, None]
-        return sinusoidal_embedding(t, self.time_dim)
+        return sinusoidal_embedding(t, self.time_dim, scale=self.time_scale)
 
     def forward(self, x: Tensor, r: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """u_theta(x, r, t); y is ignored (unconditional)."""
