@@ -337,7 +337,6 @@ def _cached_classifier(seed: int) -> DigitsClassifier:
     return load_digits_classifier(seed)
 
 
-@torch.no_grad()
 def digits_class_accuracy(samples: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
     """Share of samples [N, 1, 8, 8] in [-1, 1] that the digits classifier labels as their class `labels` [N].
 
@@ -348,8 +347,9 @@ def digits_class_accuracy(samples: torch.Tensor, labels: torch.Tensor, seed: int
         raise ValueError(f"need samples [N, 1, 8, 8] and labels [N], got {tuple(samples.shape)}, "
                          f"{tuple(labels.shape)}")
     images = to_uint8(samples).float() / 127.5 - 1.0
-    with one_cpu_thread():
-        predicted = _cached_classifier(seed)(images).argmax(dim=1)
+    classifier = _cached_classifier(seed)  # trained on first use: outside no_grad
+    with one_cpu_thread(), torch.no_grad():
+        predicted = classifier(images).argmax(dim=1)
     return (predicted == labels.cpu()).float().mean().item()
 
 
