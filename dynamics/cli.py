@@ -39,7 +39,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .api import load_run
     from .meanflow.sampling import generate
 
+    if not args.out and not args.png:
+        return _fail("sample: give --out FILE.npy, --png FILE.png, or both")
     run = load_run(args.run_dir)
+    if args.png:
+        _sample_png(run, args)
+    if not args.out:
+        return 0
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.num, *run.data_shape, generator=g)
     labels = None
@@ -52,6 +58,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     np.save(out, x)
     print(f"wrote {x.shape} samples ({args.nfe}-NFE, {args.mode}) to {out}")
     return 0
+
+
+def _sample_png(run, args: argparse.Namespace) -> None:
+    """The run's picture: a grid per class and sampler (images) or scatter panels (toy 2-D)."""
+    from .metrics.grid import image_grid, toy_figure, write_png
+
+    samplers = [("u", n) for n in args.png_nfe] + [("v", n) for n in args.png_nfe_v]
+    if len(run.data_shape) == 1:
+        from .data import build_dataset
+
+        data = build_dataset(run.config.data).reference(2000, run.config.train.seed)
+        path = toy_figure(run.model, data, samplers, args.png, seed=args.seed)
+    else:
+        if run.data_shape[0] not in (1, 3):
+            raise ConfigError(f"--png draws images with 1 or 3 channels; this run's data has shape {run.data_shape}")
+        path = write_png(args.png, image_grid(run.model, run.data_shape, run.num_classes, samplers,
+                                              per_class=args.per_class, seed=args.seed))
+    blocks = ", ".join(f"{n}-NFE {m}" for m, n in samplers)
+    print(f"wrote {path} (step {run.step}; left to right: {blocks})")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -262,14 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="write samples of a run's EMA model to a .npy file")
+    p = sub.add_parser("sample", help="samples of a run's EMA model: a .npy file (--out) and/or a PNG grid (--png)")
     p.add_argument("run_dir")
     p.add_argument("--nfe", type=int, default=1)
     p.add_argument("--mode", choices=("u", "v"), default="u", help="u: few-step with u; v: Euler with u(z,t,t)")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--label", type=int, default=-1, help="class label (default: random classes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="samples as .npy (--num, --nfe, --mode, --label)")
+    p.add_argument("--png", help="a picture: per class a row, per sampler a block of --per-class samples")
+    p.add_argument("--png-nfe", type=_int_list, default=[1, 2], help="u samplers of the picture (default 1,2)")
+    p.add_argument("--png-nfe-v", type=_int_list, default=[32], help="v Euler samplers of the picture (default 32)")
+    p.add_argument("--per-class", type=int, default=10, help="samples per class and sampler in the picture")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("presets", help="list the presets")

@@ -280,6 +280,7 @@ class Trainer:
             return
         for row in self.evaluator(self.ema, self.step):
             append_jsonl(self.run_dir / EVAL_FILE, {"epoch": self.epoch(self.step), **row})
+        self.evaluator.grid_png(self.ema, self.run_dir / f"samples_step{self.step:06d}.png")
 
     def stop_now(self, stop: threading.Event | None) -> bool:
         """Whether a stop was requested (preemption or time-out signal); with several ranks, by any rank."""

@@ -78,3 +78,106 @@ def test_real_images():
     assert torch.equal(Digits().real_images(split="train"), Digits("train").x)
     with pytest.raises(ValueError):
         real_images(TEST_SIZE + 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# sample grids, class accuracy, and a short digits run
+
+
+class ClassValue(torch.nn.Module):
+    """u(z, r, t | y) = z - level(y): one step from t = 1 to r = 0 lands every pixel on level(y)."""
+
+    def forward(self, z, r, t, y):
+        level = (y.float() / 9 * 2 - 1).view(-1, 1, 1, 1) if y is not None else torch.zeros(len(z), 1, 1, 1)
+        return z - level
+
+
+def test_image_grid_rows_are_classes_and_blocks_are_samplers():
+    from dynamics.metrics.grid import GAP, image_grid
+
+    mosaic = image_grid(ClassValue(), (1, 8, 8), 10, [("u", 1), ("u", 1)], per_class=3)
+    block_w = 3 * (8 + GAP) - GAP
+    assert mosaic.shape == (10 * (8 + GAP) - GAP, 2 * block_w + 4 * GAP) and mosaic.dtype == np.uint8
+    for c in range(10):
+        expected = round((c / 9 * 2 - 1 + 1) * 127.5)
+        row = mosaic[c * (8 + GAP):c * (8 + GAP) + 8]
+        for b in range(2):
+            left = b * (block_w + 4 * GAP)
+            assert np.all(row[:, left:left + 8] == expected), (c, b)
+    assert np.all(mosaic[8] == 255)  # the white line between rows
+
+
+def test_class_accuracy_of_real_digits_and_of_wrong_labels(tmp_path, monkeypatch):
+    from dynamics.metrics import fid
+
+    monkeypatch.setenv("DYNAMICS_CACHE", str(tmp_path))
+    fid._cached_classifier.cache_clear()
+    test = Digits("test")
+    assert fid.digits_class_accuracy(test.x, test.y) > 0.95
+    assert fid.digits_class_accuracy(test.x, (test.y + 1) % 10) < 0.05
+    fid._cached_classifier.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A short digits run of the preset's model and objective (CFG on), ~30 s on one core."""
+    from dynamics.config import apply_overrides, preset
+    from dynamics.train import train
+
+    root = tmp_path_factory.mktemp("digits_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DYNAMICS_CACHE", str(root / "cache"))
+        cfg = apply_overrides(preset("digits"), [
+            "train.batch_size=64", "train.steps_per_epoch=60", "train.epochs=3", "train.warmup_steps=20",
+            "train.log_every=10", "train.threads=1", "eval.every_epochs=0", "eval.num_samples=200",
+            "eval.nfe_v=[4]",
+        ])
+        status = train(cfg, root / "run")
+        yield root / "run", status
+
+
+def test_short_digits_run_keeps_loss_u_near_loss_v(digits_run):
+    """With t fed unscaled, the u target stays on the scale of v (at time scale 1000 it sat near 1e4)."""
+    from dynamics.results import read_jsonl
+
+    run_dir, status = digits_run
+    assert status["state"] == "done"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert len(rows) == 18
+    for row in rows[2:]:
+        assert np.isfinite(row["loss_u"]) and row["loss_u"] < 3 * row["loss_v"], row
+    assert rows[-1]["loss_v"] < 0.8 * rows[0]["loss_v"]  # and it learns
+
+
+def test_digits_eval_rows_and_grid(digits_run):
+    from dynamics.results import read_jsonl
+
+    run_dir, _ = digits_run
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    assert {(e["metric"], e["sampler"], e["nfe"]) for e in evals} == {
+        (m, s, n) for m in ("fd_digits", "class_acc") for s, n in (("u", 1), ("u", 2), ("v", 4))}
+    acc = [e for e in evals if e["metric"] == "class_acc"]
+    assert all(a["floor"] > 0.95 and a["ceiling"] < 0.3 and 0 <= a["value"] <= 1 for a in acc)
+    grids = sorted(p.name for p in run_dir.glob("samples_step*.png"))
+    assert grids == ["samples_step000180.png"]
+
+
+def test_sample_cli_png_for_digits_and_toy_runs(digits_run, tmp_path):
+    from PIL import Image
+
+    from dynamics.cli import main as cli_main
+    from dynamics.config import preset
+    from dynamics.train import train
+
+    run_dir, _ = digits_run
+    out = tmp_path / "grid.png"
+    assert cli_main(["sample", str(run_dir), "--png", str(out), "--png-nfe", "1", "--png-nfe-v", "",
+                     "--per-class", "4"]) == 0
+    from dynamics.metrics.grid import GAP, SCALE
+
+    assert Image.open(out).size == ((4 * (8 + GAP) - GAP) * SCALE, (10 * (8 + GAP) - GAP) * SCALE)
+    toy = tmp_path / "toy"
+    train(preset("smoke"), toy)
+    assert cli_main(["sample", str(toy), "--png", str(tmp_path / "toy.png")]) == 0
+    assert Image.open(tmp_path / "toy.png").size[0] > 0
+    assert cli_main(["sample", str(toy)]) == 2  # neither --out nor --png

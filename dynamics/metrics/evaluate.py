@@ -3,7 +3,12 @@
 Rows: {step, metric, sampler ("u": few-step with u, "v": Euler with v = u(z, t, t)), nfe, value,
 floor, ceiling}. The noise is the same at every evaluation of a run, so curves move only with the model.
 For toy data the floor is the distance between two fresh data samples of the same size and the ceiling
-the distance between prior noise and data.
+the distance between prior noise and data. Digits: `fd_digits` (floor: train images against the test
+split; ceiling: the evaluation noise) and `class_acc`, the share of samples of class c that the digits
+classifier labels c (higher is better; its "floor" is the real train images' accuracy, its "ceiling" that
+of noise, so floor and ceiling always mean "data" and "noise").
+
+Image runs also get a PNG grid of samples per evaluation (`grid_png`), so the numbers can be checked by eye.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ..meanflow.sampling import generate
 from .toy import TOY_METRICS
 
 _EVAL_STREAM = 3  # generator stream id for evaluation noise (data uses 0/1, the objective 2)
+DIGITS_METRICS = ("fd_digits", "class_acc")
 
 
 class Evaluator:
@@ -32,8 +38,8 @@ class Evaluator:
         for name in self.ecfg.metrics:
             if name in TOY_METRICS and not isinstance(dataset, ToyDataset):
                 raise ValueError(f"eval.metrics: {name} needs toy data, not data.name={cfg.data.name}")
-            if name == "fd_digits" and cfg.data.name != "digits":
-                raise ValueError(f"eval.metrics: fd_digits needs data.name=digits, not {cfg.data.name}")
+            if name in DIGITS_METRICS and cfg.data.name != "digits":
+                raise ValueError(f"eval.metrics: {name} needs data.name=digits, not {cfg.data.name}")
 
     def bounds(self, metric: str) -> tuple[float, float]:
         """(floor, ceiling) of a metric for this run's data and sample size, computed once."""
@@ -50,6 +56,13 @@ class Evaluator:
 
                 real = self.dataset.real_images(split="train")[:n]
                 self._bounds[metric] = (digits_fd(real), digits_fd(self.noise.clamp(-1, 1)))
+            elif metric == "class_acc":
+                from ..data.digits import Digits
+                from .fid import digits_class_accuracy
+
+                real = Digits("train")
+                self._bounds[metric] = (digits_class_accuracy(real.x[:n], real.y[:n]),
+                                        digits_class_accuracy(self.noise.clamp(-1, 1), self.labels))
             else:
                 self._bounds[metric] = (float("nan"), float("nan"))
         return self._bounds[metric]
@@ -62,7 +75,11 @@ class Evaluator:
             from .fid import digits_fd
 
             return digits_fd(samples.clamp(-1, 1))
-        raise ValueError(f"eval.metrics: unknown metric {metric!r}; allowed sw2, energy, fd_digits "
+        if metric == "class_acc":
+            from .fid import digits_class_accuracy
+
+            return digits_class_accuracy(samples, self.labels)
+        raise ValueError(f"eval.metrics: unknown metric {metric!r}; allowed sw2, energy, fd_digits, class_acc "
                          "(image FID at paper scale runs through `dynamics fid`)")
 
     @torch.no_grad()
@@ -87,3 +104,17 @@ class Evaluator:
                     rows.append({"step": step, "metric": metric, "sampler": mode, "nfe": nfe,
                                  "value": self.distance(metric, samples), "floor": floor, "ceiling": ceiling})
         return rows
+
+    def grid_samplers(self) -> list[tuple[str, int]]:
+        """The samplers this run evaluates, as (mode, nfe): the grid's blocks, left to right."""
+        return [("u", n) for n in self.ecfg.nfe] + [("v", n) for n in self.ecfg.nfe_v]
+
+    def grid_png(self, model: nn.Module, path, per_class: int = 10) -> None:
+        """A PNG of samples per class and sampler (image data only; toy runs have `dynamics sample --png`)."""
+        from .grid import image_grid, write_png
+
+        if len(self.dataset.shape) != 3 or self.dataset.shape[0] not in (1, 3):
+            return  # latents (4 channels) are not pictures
+        mosaic = image_grid(model, tuple(self.dataset.shape), getattr(self.dataset, "num_classes", 0),
+                            self.grid_samplers(), per_class, seed=self.cfg.train.seed, device=self.device)
+        write_png(path, mosaic)
