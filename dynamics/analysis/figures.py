@@ -53,6 +53,8 @@ def study_figure(study, values: pd.DataFrame, tag: str, hue: str | None, regime:
     from matplotlib.figure import Figure
 
     values = values.dropna(subset=[tag])
+    if values.empty:  # no run carries the compared tag (e.g. a user's study whose runs are not tagged with it)
+        return None
     if "blowup" not in values.columns:
         values = values.assign(blowup=False)
     fig = Figure(figsize=(6.4, 3.8))
@@ -93,6 +95,9 @@ def curve_figure(study, curves: pd.DataFrame, tag: str, regime: list[RegimeResul
     each seed thin; floor, ceiling and the reference's bar. The convergence study's curves."""
     from matplotlib.figure import Figure
 
+    curves = curves.dropna(subset=[tag])
+    if curves.empty:
+        return None
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.subplots()
     for g, (label, arm) in enumerate(curves.groupby(tag)):
