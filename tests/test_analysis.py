@@ -16,9 +16,9 @@ from dynamics.analysis.power import (
     t_power,
     two_sample_detectable,
 )
-from dynamics.analysis.regime import NOT_IN_REGIME
+from dynamics.analysis.regime import NOT_IN_REGIME, mark_blowups
 from dynamics.analysis.report import study_analysis, write_report
-from dynamics.analysis.verdicts import study_verdict, t_interval
+from dynamics.analysis.verdicts import seed_blocked_slope, study_verdict, t_interval
 from dynamics.launch import launch
 from dynamics.results import load_results
 from experiments.paper import PAPER_EFFECTS
@@ -47,6 +47,39 @@ def test_trend_verdict(slope, expected):
     finding = Finding("more v first is better", holds_if="", comparison="trend", tag="E_v", direction="decreasing")
     verdict = study_verdict(_study(finding), _frame(rows), ["E_v", "seed"])
     assert verdict.verdict == expected and verdict.seeds == 3
+
+
+def test_seed_blocked_slope_is_least_squares_with_one_intercept_per_seed():
+    """Against its definition: lstsq on [x, one dummy per seed], and the textbook standard error."""
+    rng = np.random.default_rng(1)
+    seeds = np.repeat([0, 1, 2], 5)
+    x = np.tile([0.0, 5, 10, 15, 20], 3)
+    y = 0.3 * seeds - 0.01 * x + 0.02 * rng.standard_normal(len(x))
+    slope, se, df = seed_blocked_slope(x, y, seeds)
+    design = np.column_stack([x] + [(seeds == s).astype(float) for s in range(3)])
+    coef, residual, *_ = np.linalg.lstsq(design, y, rcond=None)
+    assert slope == pytest.approx(coef[0], rel=1e-10) and df == 15 - 3 - 1
+    cov = residual[0] / df * np.linalg.inv(design.T @ design)
+    assert se == pytest.approx(np.sqrt(cov[0, 0]), rel=1e-8)
+
+
+def test_trend_with_two_seeds_uses_the_grid_not_the_seed_count():
+    """Two seeds with very different offsets and a clear common slope: the seed-blocked test holds (a t-interval
+    over two per-seed slopes has one degree of freedom and could not tell)."""
+    rows = [{"E_v": e, "seed": s, "value": 0.5 * s + 0.05 - 0.001 * e + 0.0002 * ((e * 7 + s) % 3 - 1)}
+            for s in range(2) for e in (0, 5, 10, 15, 20)]
+    finding = Finding("more v first is better", holds_if="", comparison="trend", tag="E_v", direction="decreasing")
+    verdict = study_verdict(_study(finding), _frame(rows), ["E_v", "seed"])
+    assert verdict.verdict == "holds" and verdict.seeds == 2 and verdict.df == 7
+
+
+def test_a_run_outside_the_comparison_is_not_a_blowup():
+    """O1's v-only parent read at 1-NFE u sits at the noise ceiling by construction: not a blow-up."""
+    values = _frame([{"E_v": None, "seed": 0, "value": 1.2, "state": "done"},
+                     {"E_v": 5.0, "seed": 0, "value": 1.3, "state": "done"},
+                     {"E_v": 10.0, "seed": 0, "value": 0.2, "state": "done"}])
+    marked = mark_blowups(values, compared="E_v")
+    assert marked["blowup"].tolist() == [False, True, False]
 
 
 def test_better_needs_every_treatment_in_every_group():

@@ -65,13 +65,15 @@ def two_sample_detectable(sd: float, n1: int, n2: int, alpha: float = ALPHA, pow
 
 
 def detectable_from_interval(mean: float, ci_high: float, n: int, alpha: float = ALPHA,
-                             power: float = POWER) -> float:
+                             power: float = POWER, df: int = -1) -> float:
     """The detectable effect of the test behind a 95% t-interval (mean, high) over n per-seed values: the
-    interval's half-width is t_{.975, n-1} se, so the interval carries the spread the power needs."""
-    if n < 2 or not (math.isfinite(mean) and math.isfinite(ci_high)):
+    interval's half-width is t_{.975, df} se (df = n - 1 unless given, e.g. a seed-blocked regression's), so
+    the interval carries the spread the power needs."""
+    df = n - 1 if df < 0 else df
+    if df < 1 or not (math.isfinite(mean) and math.isfinite(ci_high)):
         return math.nan
-    se = (ci_high - mean) / t_quantile(n - 1)
-    return detectable_effect(se, n - 1, alpha, power)
+    se = (ci_high - mean) / t_quantile(df)
+    return detectable_effect(se, df, alpha, power)
 
 
 def seeds_needed(effect: float, sd: float, paired: bool = True, alpha: float = ALPHA, power: float = POWER,

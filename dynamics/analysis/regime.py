@@ -29,9 +29,12 @@ def _distance_name(scale: str) -> str:
     return {"smoke": "sw2", "cpu": "sw2", "digits": "fd_digits"}.get(scale, "fid")
 
 
-def mark_blowups(values: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def mark_blowups(values: pd.DataFrame, runs: pd.DataFrame | None = None, compared: str | None = None) -> pd.DataFrame:
     """Final values (lower is better) with `raw`, `blowup`, and `value` capped at the ceiling; diverged runs
-    without a final evaluation are added as blow-ups at the ceiling (one row per metric/sampler/nfe seen)."""
+    without a final evaluation are added as blow-ups at the ceiling (one row per metric/sampler/nfe seen).
+
+    `compared`: the finding's tag. A run without it is not part of the comparison (O1's v-only parent read at
+    1-NFE u sits at the noise ceiling by construction), so only a divergence makes it a blow-up."""
     if values.empty:
         return values.assign(raw=[], blowup=[]) if len(values.columns) else values
     out = values.copy()
@@ -39,6 +42,8 @@ def mark_blowups(values: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.D
     ceiling = out["ceiling"].astype(float)
     diverged = out["state"].eq("diverged") if "state" in out.columns else False
     above = np.isfinite(ceiling) & (~np.isfinite(out["raw"]) | (out["raw"] > ceiling))
+    if compared is not None and compared in out.columns:
+        above &= out[compared].notna()
     out["blowup"] = above | diverged
     out["value"] = np.where(out["blowup"] & np.isfinite(ceiling), ceiling, out["raw"])
     if runs is not None and not runs.empty and "state" in runs.columns:

@@ -200,7 +200,7 @@ def finish_verdict(study, verdict: Verdict, values: pd.DataFrame, regime: list[R
     verdict = replace(
         verdict, regime=status,
         reference_share=worst.share if worst else math.nan, bar=worst.reference.bar if worst else math.nan,
-        detectable=detectable_from_interval(verdict.effect, verdict.ci_high, verdict.seeds),
+        detectable=detectable_from_interval(verdict.effect, verdict.ci_high, verdict.seeds, df=verdict.df),
         paper_effect=implied_effect(relative, control_value(study, values), study.metric.lower_is_better,
                                     ratio=bool(paper and paper.ratio)),
         blowups=int(values["blowup"].sum()) if "blowup" in values.columns else 0)
@@ -282,11 +282,11 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
             curve_figure(study, curves, study.finding.tag, regime, base / "figures" / study.name)
         else:
             curves = pd.DataFrame()
-        values = mark_blowups(final_values(mine, distance, metric.sampler, metric.nfe), runs)
+        values = mark_blowups(final_values(mine, distance, metric.sampler, metric.nfe), runs, study.finding.tag)
     else:
         values = final_values(mine, name, metric.sampler, metric.nfe)
         if metric.lower_is_better:  # a blow-up is a distance above the noise ceiling
-            values = mark_blowups(values, runs)
+            values = mark_blowups(values, runs, study.finding.tag)
         tags = _tag_names(study, scale)
         verdict = study_verdict(study, values, tags + ["seed"])
         table = arm_table(values, tags) if not values.empty else pd.DataFrame()

@@ -2,8 +2,9 @@
 
 Reads the results store only (never the trainer). For each study it takes every run's final evaluation
 of the study's metric, averages over seeds per arm, and tests the finding the study declares:
-- trend:  per seed, the least-squares slope of the metric against the tag; the mean slope over seeds
-          with a 95% t-interval. Holds when the interval lies on the declared side of zero.
+- trend:  the least-squares slope of the metric against the tag with one intercept per seed (seeds as
+          blocks: a seed's offset cancels, the grid's points carry the degrees of freedom, N - seeds - 1),
+          with its 95% t-interval. Holds when the interval lies on the declared side of zero.
 - better: per seed, control minus treatment (lower is better, so > 0 means the treatment wins); every
           treatment arm must win, in every group (e.g. every NFE, every (w, kappa)).
 - best:   the treatment arm against the runner-up, paired by seed.
@@ -53,16 +54,17 @@ class Verdict:
     detectable: float = math.nan  # smallest effect the seeds detect (two-sided 95%, 80% power)
     paper_effect: float = math.nan  # the paper's relative change applied to the control's value here
     blowups: int = 0  # runs above the noise ceiling or diverged (all conditions)
+    df: int = -1  # degrees of freedom of the interval; -1: seeds - 1 (a t-interval over per-seed values)
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
 
 
-def _decide(mean: float, low: float, high: float, n: int) -> str:
+def _decide(mean: float, low: float, high: float, n: int, df: int = -1) -> str:
     """'holds' when the effect is > 0 with confidence (the caller orients effects so > 0 supports it)."""
     if not math.isfinite(mean):
         return "inconclusive"
-    if n < 2:
+    if (n if df < 0 else df + 1) < 2 or not (math.isfinite(low) and math.isfinite(high)):
         return ("holds" if mean > 0 else "does not hold") + " (1 seed)"
     if low > 0:
         return "holds"
@@ -123,18 +125,41 @@ def _groups(values: pd.DataFrame, tag: str, tags: list[str]):
         yield ", ".join(f"{k}={v}" for k, v in zip(others, key)), group
 
 
+def seed_blocked_slope(x: np.ndarray, y: np.ndarray, seeds: np.ndarray) -> tuple[float, float, int]:
+    """(slope, standard error, df) of y = slope x + intercept[seed]: ordinary least squares with seeds as blocks.
+
+    Centring x and y within each seed removes the intercepts, so slope = sum(xc yc) / sum(xc^2), and the
+    residual variance has N - (number of seeds) - 1 degrees of freedom. Seeds whose x does not vary carry no
+    information on the slope and are left out."""
+    sxx = sxy = 0.0
+    centred, used = [], 0
+    for s in np.unique(seeds):
+        xs, ys = x[seeds == s].astype(float), y[seeds == s].astype(float)
+        if len(np.unique(xs)) < 2:
+            continue
+        xc, yc = xs - xs.mean(), ys - ys.mean()
+        sxx, sxy, used = sxx + float(xc @ xc), sxy + float(xc @ yc), used + 1
+        centred.append((xc, yc))
+    if not used:
+        return math.nan, math.nan, 0
+    slope = sxy / sxx
+    df = sum(len(xc) for xc, _ in centred) - used - 1
+    if df < 1:
+        return slope, math.nan, max(df, 0)
+    residual = sum(float(((yc - slope * xc) ** 2).sum()) for xc, yc in centred)
+    return slope, math.sqrt(residual / df / sxx), df
+
+
 def _trend(values, finding, tags, lower_is_better) -> tuple[list, str]:
     sign = -1.0 if finding.direction == "decreasing" else 1.0
     results, details = [], []
     for label, group in _groups(values, finding.tag, tags):
-        slopes = []
-        for _, by_seed in group.groupby("seed"):
-            x = by_seed[finding.tag].astype(float).to_numpy()
-            if len(np.unique(x)) > 1:
-                slopes.append(float(np.polyfit(x, by_seed["value"].to_numpy(), 1)[0]) * sign)
-        mean, low, high = t_interval(np.array(slopes))
-        results.append((mean, low, high, len(slopes)))
-        details.append(f"{label or 'all'}: slope {sign * mean:+.3g} per unit of {finding.tag}")
+        slope, se, df = seed_blocked_slope(group[finding.tag].astype(float).to_numpy(),
+                                           group["value"].astype(float).to_numpy(), group["seed"].to_numpy())
+        half = t_quantile(df) * se if df >= 1 else math.nan
+        mean = sign * slope
+        results.append((mean, mean - half, mean + half, int(group["seed"].nunique()), df))
+        details.append(f"{label or 'all'}: slope {slope:+.3g} per unit of {finding.tag} (seed-blocked, df {df})")
     return results, "; ".join(details)
 
 
@@ -198,7 +223,8 @@ def study_verdict(study, values: pd.DataFrame, tags: list[str]) -> Verdict:
     else:
         verdict = "inconclusive"
     worst = min(parts, key=lambda p: p[0])  # the arm or group that supports the finding least
-    return Verdict(study.name, finding.claim, verdict, worst[0], worst[1], worst[2], worst[3], detail)
+    df = worst[4] if len(worst) > 4 else -1
+    return Verdict(study.name, finding.claim, verdict, worst[0], worst[1], worst[2], worst[3], detail, df=df)
 
 
 # ----------------------------------------------------------------------------------------------------
