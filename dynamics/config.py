@@ -57,7 +57,8 @@ class DataConfig:
 
 
 # eval metric -> the data it can be computed on (fid: at paper scale, through `dynamics fid`)
-EVAL_METRICS = {"sw2": TOY_DATASETS, "energy": TOY_DATASETS, "fd_digits": ("digits",), "fid": ("imagenet_latents",)}
+EVAL_METRICS = {"sw2": TOY_DATASETS, "energy": TOY_DATASETS, "fd_digits": ("digits",), "class_acc": ("digits",),
+                "fid": ("imagenet_latents",)}
 
 MODELS = ("mlp", "dit")
 DIT_SIZES = ("tiny", "S/2", "S/4", "B/4", "B/2", "M/2", "L/2", "XL/2")
