@@ -194,7 +194,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    overrides=args.overrides)
     if args.dry_run:
         return 0
-    from .affinity import AffinityError, study_affinity
+    from .affinity import AffinityError
+    from .study_tas import study_affinity
 
     for study in studies:  # TAS studies (o3) are measured on their finished init runs
         if study.metric.kind == "tas" and args.scale not in study.unsupported:
@@ -224,8 +225,9 @@ def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
     from experiments.registry import RegistryError, get_study
 
-    from .affinity import AffinityError, affinity_matrix, describe, study_affinity, task_affinity
+    from .affinity import AffinityError, affinity_matrix, describe, task_affinity
     from .results import atomic_write_bytes
+    from .study_tas import DEFAULT_VARIANT, study_affinity
 
     settings = dict(method=args.method, batches=args.batches, optimizer=args.optimizer, lr=args.lr,
                     recompute_target=not args.no_recompute_target, recompute_weight=args.recompute_weight,
@@ -244,8 +246,6 @@ def cmd_tas(args: argparse.Namespace) -> int:
             frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
                                    overrides=args.targets, **settings)
             print(f"{describe(frame)}; {note}")
-            from .affinity import DEFAULT_VARIANT
-
             default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
             for init, part in default.groupby("init", sort=False):
                 print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "

@@ -44,6 +44,11 @@ from dynamics.config import (
     apply_overrides,
     preset,
 )
+
+# the library's task and dt-bin vocabulary, re-exported so studies read it from the registry
+from dynamics.meanflow.tasks import TaskSpec as TaskSpec
+from dynamics.meanflow.tasks import bin_label as bin_label
+from dynamics.meanflow.tasks import dt_bin as dt_bin
 from dynamics.results import config_hash
 
 
@@ -174,15 +179,6 @@ def u_only(epochs: float, sampler: SamplerConfig | None = None) -> PhaseConfig:
 
 def joint(epochs: float) -> PhaseConfig:
     return PhaseConfig(epochs=float(epochs), terms="both")
-
-
-def dt_bin(lo: float, hi: float) -> SamplerConfig:
-    """O2's sampler: dt uniform in [lo, hi], t uniform in [dt, 1]."""
-    return SamplerConfig(kind="dt_bin", dt_min=lo, dt_max=hi)
-
-
-def bin_label(lo: float, hi: float) -> str:
-    return f"[{lo:g},{hi:g}]"
 
 
 def start_from(cfg: RunConfig, parent_key: str, epoch: float) -> RunConfig:
@@ -353,15 +349,6 @@ V_BAR = 0.10  # 32-NFE v of a run trained on v (the v-only parents, vanilla's v)
 U_BAR = 0.20  # 1-NFE u of a full-length MeanFlow run (vanilla, k = 1, k = 0): the calibrated vanilla is at 10%
 FINE_TUNE_BAR = 0.30  # 1-NFE u of O1's u-only fine-tunes, which never see the joint objective
 SMALL_DT_V_BAR = 0.20  # 32-NFE v of O3's small-dt u-only warm-up: O2 says small dt builds v, not that it matches v-only
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task for task affinity (TAS): a loss term (v: t = r, u: t != r) on a (t, r) sampler."""
-
-    name: str
-    terms: str
-    sampler: SamplerConfig | None = None
 
 
 @dataclass
