@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,12 +335,51 @@ def _init_step(cfg: RunConfig) -> int:
     return 0
 
 
-def parent_ready(child: PlannedRun, parent: PlannedRun) -> bool:
-    """Whether what `child` needs from `parent` exists: the kept checkpoint it starts from, else a done run."""
-    init = child.config.init
-    if init.run_dir and Path(init.run_dir).name == parent.spec.hash and init.epoch >= 0:
-        return checkpoint_path(parent.run_dir, init.epoch).exists()
+@dataclass(frozen=True)
+class Readiness:
+    """May a run start now? `state`: ready | wait (a parent it needs will still deliver) | blocked (one will
+    not); `waits_on`: the uids of the parents it waits for; `blocked_by`: the parent that will not deliver."""
+
+    state: str
+    waits_on: tuple[str, ...] = ()
+    blocked_by: str = ""
+
+
+def _delivers(parent: PlannedRun, child: PlannedRun) -> bool:
+    """Whether what `child` needs from `parent` exists: the kept checkpoint it continues (RunSpec.parent), else
+    (a plain dependency) the parent's finished run."""
+    ref = child.spec.parent
+    if ref is not None and ref.key == parent.spec.key:
+        return checkpoint_path(parent.run_dir, ref.epoch).exists()
     return read_status(parent.run_dir).get("state") == "done"
+
+
+def _still_coming(parent: PlannedRun, pending: Collection[str]) -> bool:
+    """A parent that this launch will still train (`pending`), or one trained elsewhere that is still going:
+    running now, or a SLURM job of it still queued."""
+    if parent.uid in pending:
+        return True
+    if parent.action != "busy":
+        return False
+    state = run_state(parent.run_dir)
+    return state == "running" or (bool(parent.job_id) and state in ("pending", "interrupted"))
+
+
+def readiness(run: PlannedRun, by_uid: dict[str, PlannedRun], pending: Collection[str]) -> Readiness:
+    """The one answer to "may `run` start?", for planning, the local and debug executors and SLURM's waves and
+    dependencies. A run that has its own checkpoint resumes from it and needs no parent; otherwise every parent
+    must deliver (`_delivers`), or still be coming (`pending`: the uids this launch will still train)."""
+    if checkpoint_path(run.run_dir).exists():
+        return Readiness("ready")
+    waits = []
+    for uid in run.parents:
+        parent = by_uid[uid]
+        if _delivers(parent, run):
+            continue
+        if not _still_coming(parent, pending):
+            return Readiness("blocked", blocked_by=uid)
+        waits.append(uid)
+    return Readiness("wait", tuple(waits)) if waits else Readiness("ready")
 
 
 def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | None = None,
@@ -367,11 +407,15 @@ def plan(studies: list, scale: str, root: str | Path = "results", seeds: int | N
     _check_slurm_jobs(out)
     _mark_shared(out)
     by_uid = {r.uid: r for r in out}
+    pending = {r.uid for r in out if r.action in TO_EXECUTE}
     for run in out:  # parents come first, so a blocked parent is known before its children
-        for p in run.parents:
-            parent = by_uid[p]
-            if run.action in TO_EXECUTE and parent.action in ("keep", "blocked") and not parent_ready(run, parent):
-                run.action, run.note = "blocked", f"needs {parent.spec.key} ({parent.state})"
+        if run.action not in TO_EXECUTE:
+            continue
+        ready = readiness(run, by_uid, pending)
+        if ready.state == "blocked":
+            parent = by_uid[ready.blocked_by]
+            run.action, run.note = "blocked", f"needs {parent.spec.key} ({parent.state})"
+            pending.discard(run.uid)
     return out
 
 
@@ -497,20 +541,6 @@ def _submitit_folder(root: Path, run: PlannedRun) -> Path:
     return root / run.config.scale / run.study / ".submitit"
 
 
-def _readiness(run: PlannedRun, by_uid: dict[str, PlannedRun], pending: set[str]) -> str:
-    """ready | wait | blocked: may `run` start now?"""
-    if checkpoint_path(run.run_dir).exists():
-        return "ready"  # it resumes from its own checkpoint
-    for p in run.parents:
-        parent = by_uid[p]
-        if parent_ready(run, parent):
-            continue
-        if p in pending or (parent.action == "busy" and run_state(parent.run_dir) == "running"):
-            return "wait"
-        return "blocked"
-    return "ready"
-
-
 def _progress(run: PlannedRun) -> int:
     """Steps this run has trained in this launch, from the tail of metrics.jsonl (fresher than status.json)."""
     row = last_jsonl_row(run.run_dir / METRICS_FILE) or {}
@@ -534,7 +564,7 @@ def execute_debug(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
     bar = tqdm(total=len(todo), unit="run", desc="debug", disable=not progress, dynamic_ncols=True)
     for run in todo:
         pending.discard(run.uid)
-        if _readiness(run, by_uid, pending) != "ready":
+        if readiness(run, by_uid, pending).state != "ready":
             final[run.uid] = "blocked"
         else:
             _prepare(run)
@@ -583,7 +613,7 @@ def execute_local(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
             for run in list(waiting):
                 if not free:
                     break
-                verdict = _readiness(run, by_uid, pending - {run.uid})
+                verdict = readiness(run, by_uid, pending - {run.uid}).state
                 if verdict == "wait":
                     continue
                 waiting.remove(run)
@@ -620,12 +650,13 @@ def execute_local(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
 
 
 def _waves(todo: list[PlannedRun], by_uid: dict[str, PlannedRun]) -> dict[str, int]:
-    """Dependency depth among the runs to submit: a run's array starts after its parents' arrays."""
+    """Dependency depth among the runs to submit: a run's array starts after the arrays of the parents it waits
+    for."""
     wave: dict[str, int] = {}
     uids = {r.uid for r in todo}
     for run in todo:  # parents first
-        parents = [p for p in run.parents if p in uids and not parent_ready(run, by_uid[p])]
-        wave[run.uid] = 1 + max((wave[p] for p in parents), default=-1)
+        waits = [p for p in readiness(run, by_uid, uids).waits_on if p in uids]
+        wave[run.uid] = 1 + max((wave[p] for p in waits), default=-1)
     return wave
 
 
@@ -634,6 +665,7 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
     """Submit one job array per (wave, study); arrays of later waves wait for their parents (afterok)."""
     sbatch, executor_kwargs = slurm_parameters(profile)
     waves = _waves(todo, by_uid)
+    uids = {r.uid for r in todo}
     job_ids: dict[str, str] = {}
     for w in sorted(set(waves.values())):
         studies = dict.fromkeys(r.study for r in todo if waves[r.uid] == w)
@@ -641,14 +673,11 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
             group = [r for r in todo if waves[r.uid] == w and r.study == study]
             deps = set()
             for run in group:
-                for p in run.parents:
-                    parent = by_uid[p]
-                    if parent_ready(run, parent):
-                        continue
+                for p in readiness(run, by_uid, uids).waits_on:
                     if p in job_ids:
                         deps.add(job_ids[p])
-                    elif parent.action == "busy" and parent.job_id:
-                        deps.add(parent.job_id)
+                    elif by_uid[p].job_id:  # a parent already queued or running in SLURM
+                        deps.add(by_uid[p].job_id)
             params = dict(sbatch, job_name=f"dyn-{study}-{group[0].config.scale}")
             if deps:
                 params["dependency"] = "afterok:" + ":".join(sorted(deps))
@@ -742,13 +771,9 @@ def _fmt_minutes(seconds: float) -> str:
 def _describe_deps(run: PlannedRun, by_uid: dict[str, PlannedRun]) -> str:
     if not run.spec.depends_on:
         return "-"
-    parts = []
-    for p in run.parents:
-        parent = by_uid[p]
-        init = run.config.init
-        at = f"@{init.epoch:g}ep" if Path(init.run_dir).name == parent.spec.hash and init.epoch >= 0 else ""
-        parts.append(parent.spec.key + at)
-    return ",".join(parts)
+    ref = run.spec.parent
+    return ",".join(by_uid[p].spec.key + (f"@{ref.epoch:g}ep" if ref and ref.key == by_uid[p].spec.key else "")
+                    for p in run.parents)
 
 
 def cost_summary(runs: list[PlannedRun], jobs: int) -> str:
