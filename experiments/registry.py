@@ -81,7 +81,7 @@ class ScaleSettings:
 # The cpu numbers are sized so that every study's reference runs are in the learning regime (the binding one: the
 # 40-epoch v-only parent of O2/O3/O1-fixed-budget, whose 32-NFE v must reach 10% of the noise-to-data distance)
 # and the whole reproduction fits in 45 minutes on 2 cores with 2 runs at once (README, "where the time goes";
-# `dynamics run all --scale cpu --dry-run` prints the estimate, rates in dynamics/launch.py). EMA 0.99: a 100-step
+# `dynamics run all --scale cpu --dry-run` prints the estimate, rates in dynamics/launch/cost.py). EMA 0.99: a 100-step
 # average, short next to the shortest run (40 epochs = 1,200 steps; the preset's 0.999 still holds 30% of the
 # initial weights after 1,200 steps). Evaluation: 4,096 samples (floor 5.7% of the ceiling against 7.1% at 2,048,
 # so the 10% bar is not at the floor) with sliced W2 only (the studies' metric; energy distance is O(n^2) and cost
