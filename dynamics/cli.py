@@ -15,6 +15,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _register(args.register)
     cfg = apply_overrides(preset(args.preset), args.overrides)
     if args.dry_run:
         print(cfg.to_json())
@@ -178,12 +179,30 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(modules: list[str] | None) -> None:
+    """`--register MODULE`: import a user's module, which registers studies (experiments.registry.register)
+    and/or curriculum pieces (dynamics.pieces.register_piece); one that registers neither is an error."""
+    from experiments.registry import RegistryError, register_from_module
+
+    from . import pieces
+
+    for module in modules or []:
+        before = len(pieces._PIECES)
+        pieces.import_modules([module])
+        added = len(pieces._PIECES) > before or any(p.module == module for p in pieces._PIECES.values())
+        try:
+            register_from_module(module)
+        except RegistryError:
+            if not added:
+                raise RegistryError(f"module {module!r} registered no study and no curriculum piece; decorate a "
+                                    "grid function with @register(...) or a piece with @register_piece(...)") from None
+
+
 def _studies(names: str, register: list[str]) -> list:
     """Studies named on the command line: one name, a comma-separated list, or "all"."""
-    from experiments.registry import all_studies, get_study, register_from_module
+    from experiments.registry import all_studies, get_study
 
-    for module in register or []:
-        register_from_module(module)
+    _register(register)
     if names == "all":
         return all_studies()
     return [get_study(n.strip()) for n in names.split(",") if n.strip()]
@@ -310,6 +329,7 @@ def cmd_tas(args: argparse.Namespace) -> int:
     from .results import atomic_write_bytes
     from .study_tas import DEFAULT_VARIANT, study_affinity
 
+    _register(args.register)
     settings = dict(method=args.method, batches=args.batches, optimizer=args.optimizer, lr=args.lr,
                     recompute_target=not args.no_recompute_target, recompute_weight=args.recompute_weight,
                     train_window=args.train_window,
@@ -373,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module that registers curriculum pieces (repeatable; recorded in the config)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="samples of a run's EMA model: a .npy file (--out) and/or a PNG grid (--png)")
@@ -467,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--out", help="write the long-format TAS table to this CSV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module of studies or curriculum pieces (a run's own are imported from its config)")
     p.set_defaults(func=cmd_tas)
     return parser
 
@@ -474,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from experiments.registry import RegistryError
 
+    from .pieces import PieceError
     from .results import RunLockedError
 
     parser = build_parser()
@@ -484,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError, RunLockedError) as exc:
+    except (ConfigError, RegistryError, PieceError, FileNotFoundError, RunLockedError) as exc:
         return _fail(str(exc))
 
 

@@ -170,12 +170,15 @@ class ObjectiveConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
-    alpha: str = "none"  # v-term weight: none | minsnr
+    alpha: str = "none"  # v-term weight: none | minsnr | a registered piece (dynamics.pieces)
     minsnr_gamma: float = 5.0
     v_sampling: str = "base"  # v-term timestep sampling: base | dtd
     dtd: DTDConfig = field(default_factory=DTDConfig)
-    beta: str = "none"  # u-term weight: none | progressive
+    beta: str = "none"  # u-term weight: none | progressive | a registered piece (dynamics.pieces)
     beta_k: float = 1.0
+    # a registered piece's typed parameters (its params dataclass); the paper's pieces use the fields above
+    alpha_params: dict[str, Any] = field(default_factory=dict)
+    beta_params: dict[str, Any] = field(default_factory=dict)
     # O1 reverse: v-row target v + noise. literal (the paper's words): k ||v|| xi, xi ~ N(0, I) per element;
     # normalised: k ||v|| xi / ||xi||. ||v|| is the per-sample norm of the conditional velocity e - x.
     contamination_k: float = 0.0
@@ -187,9 +190,7 @@ class ObjectiveConfig:
         self.sampler.validate()
         if self.adaptive_p < 0 or self.adaptive_c <= 0:
             raise ConfigError(f"objective.adaptive_p={self.adaptive_p} must be >= 0 and adaptive_c > 0")
-        _choice("objective.alpha", self.alpha, ("none", "minsnr"))
         _choice("objective.v_sampling", self.v_sampling, ("base", "dtd"))
-        _choice("objective.beta", self.beta, ("none", "progressive"))
         _choice("objective.jvp", self.jvp, ("rows", "fused", "compiled", "full"))
         _choice("objective.contamination_form", self.contamination_form, ("literal", "normalised"))
         if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
@@ -285,11 +286,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
     init: InitConfig = field(default_factory=InitConfig)
+    modules: list[str] = field(default_factory=list)  # modules of the run's registered pieces (filled by validate)
 
     def validate(self) -> RunConfig:
         self.data.validate()
         self.model.validate()
         self.objective.validate()
+        self._validate_pieces()
         self.train.validate()
         self.eval.validate()
         for i, phase in enumerate(self.phases):
@@ -307,6 +310,40 @@ class RunConfig:
             raise ConfigError(f"model.name=dit needs image data (digits, imagenet_latents), not {self.data.name}")
         return self
 
+    @staticmethod
+    def params_of(params_type: type, given: dict, kind: str) -> Any:
+        """A piece's parameters: `given` (objective.<kind>_params) type-checked into its dataclass."""
+        params = _from_dict(params_type, given, f"objective.{kind}_params.")
+        if hasattr(params, "validate"):
+            params.validate()
+        return params
+
+    def _validate_pieces(self) -> None:
+        """objective.alpha / beta name registered pieces (the paper's or a user module's, imported here) whose
+        parameters type-check against the piece's dataclass; the modules of a user's pieces are recorded."""
+        from . import pieces
+
+        try:
+            pieces.import_modules(self.modules)
+            for kind in pieces.KINDS:
+                piece = pieces.get_piece(kind, getattr(self.objective, kind))
+                given = getattr(self.objective, f"{kind}_params")
+                if piece is None or piece.params is None:
+                    if given:
+                        name = getattr(self.objective, kind)
+                        raise ConfigError(f"objective.{kind}_params={given}: objective.{kind}={name} takes no "
+                                          f"parameters")
+                    if piece is None:
+                        continue
+                else:
+                    self.params_of(piece.params, given, kind)
+                if piece.module != pieces.PAPER_MODULE and piece.module not in self.modules:
+                    self.modules.append(piece.module)
+        except (pieces.PieceError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc)) from None
+
     def resolved_phases(self) -> list[PhaseConfig]:
         """The phases of this run: the configured ones, or one joint phase of `train.epochs`."""
         return self.phases or [PhaseConfig(epochs=self.train.epochs)]
@@ -318,7 +355,15 @@ class RunConfig:
         return phase_boundaries(self)[-1]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as saved and hashed. The registered pieces' parameters and modules appear only when set,
+        so every config without a user's piece keeps the dict (and result hash) it had before pieces."""
+        d = dataclasses.asdict(self)
+        for key in ("alpha_params", "beta_params"):
+            if not d["objective"][key]:
+                del d["objective"][key]
+        if not d["modules"]:
+            del d["modules"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -366,6 +411,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return _coerce(inner, value, key)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -399,7 +448,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `a.b.c=value` overrides (list indices allowed: `phases.0.epochs=2`) and validate."""
-    d = cfg.to_dict()
+    d = dataclasses.asdict(cfg)  # every key, the empty piece parameters included
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
@@ -413,7 +462,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             _child(node, last, key)
             node[int(last)] = _parse_value(text)
         else:
-            if last not in node:
+            if last not in node and not (len(parts) > 1 and parts[-2].endswith("_params")):
                 allowed = ", ".join(sorted(node))
                 raise ConfigError(f"unknown key '{key}'; allowed here: {allowed}")
             node[last] = _parse_value(text)
