@@ -62,15 +62,14 @@ from torch import Tensor, nn
 
 from .config import PhaseConfig, RunConfig
 from .curriculum import build_objective
-from .data.toy2d import step_generator
 from .meanflow.loss import LossOutput, MeanFlowLoss
 from .meanflow.tasks import TaskSpec, bin_label, dt_bin
 from .results import CONFIG_FILE, checkpoint_path
+from .rng import stream_seed
 from .train import Trainer
 
 METHODS = ("lookahead", "cosine")
 OPTIMIZERS = ("sgd", "sgd-length", "adam")
-_TAS_STREAM = 4  # generator stream id for TAS draws (data uses 0/1, the objective 2, evaluation 3)
 
 
 class AffinityError(ValueError):
@@ -418,7 +417,7 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
             x, y = trainer.dataset.batch(data_step, bs, run_cfg.train.seed)
             x = x.to(trainer.device).float()
             y = y.to(trainer.device) if y is not None else None
-            draw_seed = int(step_generator(seed, _TAS_STREAM, k).initial_seed())
+            draw_seed = stream_seed(seed, "tas", k)
             if method == "cosine":
                 values.append(cosine_matrix(trainer.model, resolved, x, y, draw_seed, step=trainer.step))
             else:
