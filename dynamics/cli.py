@@ -209,12 +209,7 @@ def _studies(names: str, register: list[str]) -> list:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
-
-    try:
-        studies = _studies("all", args.register)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    studies = _studies("all", args.register)
     width = max(len(s.name) for s in studies)
     print(f"{'study':<{width}}  " + "  ".join(f"{sc:>6}" for sc in SCALES) + "  question")
     for study in studies:
@@ -225,12 +220,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
-
-    try:
-        final = _launch(_studies(args.study, args.register), args)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    final = _launch(_studies(args.study, args.register), args)
     if final is None:
         return 0
     bad = [uid for uid, state in final.items() if state != "done" and not state.startswith("submitted")]
@@ -238,30 +228,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
-
     from .launch import plan, recorded_overrides
 
-    try:
-        studies = _studies(args.study, args.register)
-        for study in studies:
-            overrides = args.overrides
-            recorded = recorded_overrides(args.results, args.scale, study.name)
-            if not overrides and recorded:
-                overrides = recorded
-            runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
-            print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
-            if overrides and overrides is recorded:
-                print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
-            elif recorded is not None and sorted(recorded) != sorted(overrides or []):
-                print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
-                      "shows the grid of the ones given here")
-            if scale_note := study.unsupported.get(args.scale):
-                print(f"  no runs at this scale: {scale_note}")
-                continue
-            status_table(runs)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    for study in _studies(args.study, args.register):
+        overrides = args.overrides
+        recorded = recorded_overrides(args.results, args.scale, study.name)
+        if not overrides and recorded:
+            overrides = recorded
+        runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
+        print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
+        if overrides and overrides is recorded:
+            print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
+        elif recorded is not None and sorted(recorded) != sorted(overrides or []):
+            print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
+                  "shows the grid of the ones given here")
+        if scale_note := study.unsupported.get(args.scale):
+            print(f"  no runs at this scale: {scale_note}")
+            continue
+        status_table(runs)
     return 0
 
 
@@ -323,9 +307,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
-    from experiments.registry import RegistryError, get_study
+    from experiments.registry import get_study
 
-    from .affinity import AffinityError, affinity_matrix, describe, task_affinity
+    from .affinity import affinity_matrix, describe, task_affinity
     from .results import atomic_write_bytes
     from .study_tas import DEFAULT_VARIANT, study_affinity
 
@@ -335,35 +319,32 @@ def cmd_tas(args: argparse.Namespace) -> int:
                     train_window=args.train_window,
                     batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     note = "rows: the task stepped on (source); columns: the task whose loss is measured (target)"
-    try:
-        if args.study:
-            bad = [a for a in args.targets if "=" not in a]
-            if bad or args.preset or args.tasks or args.out or args.epoch is not None:
-                return _fail("--study takes its tasks and runs from the registry and writes "
-                             "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch "
-                             "(key=value overrides, as for `dynamics run`, are allowed)")
-            if not args.scale:
-                return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
-            frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
-                                   overrides=args.targets, **settings)
-            print(f"{describe(frame)}; {note}")
-            default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
-            for init, part in default.groupby("init", sort=False):
-                print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
-                      "seeds):")
-                print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
-            print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
-            print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
-            return 0
-        if args.preset:
-            source = apply_overrides(preset(args.preset), args.targets)
-        elif len(args.targets) == 1:
-            source = args.targets[0]
-        else:
-            return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
-        frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
-    except (AffinityError, RegistryError) as exc:
-        return _fail(str(exc))
+    if args.study:
+        bad = [a for a in args.targets if "=" not in a]
+        if bad or args.preset or args.tasks or args.out or args.epoch is not None:
+            return _fail("--study takes its tasks and runs from the registry and writes "
+                         "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch "
+                         "(key=value overrides, as for `dynamics run`, are allowed)")
+        if not args.scale:
+            return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
+        frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
+                               overrides=args.targets, **settings)
+        print(f"{describe(frame)}; {note}")
+        default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
+        for init, part in default.groupby("init", sort=False):
+            print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
+                  "seeds):")
+            print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
+        print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
+        print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
+        return 0
+    if args.preset:
+        source = apply_overrides(preset(args.preset), args.targets)
+    elif len(args.targets) == 1:
+        source = args.targets[0]
+    else:
+        return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
+    frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))
     if args.out:
@@ -496,8 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command, and turn any bad-input error of any command into one line (exit status 2)."""
     from experiments.registry import RegistryError
 
+    from .affinity import AffinityError
     from .pieces import PieceError
     from .results import RunLockedError
 
@@ -509,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, PieceError, FileNotFoundError, RunLockedError) as exc:
+    except (ConfigError, RegistryError, PieceError, AffinityError, FileNotFoundError, RunLockedError) as exc:
+        # every command's bad input ends here: one line naming the value and what is allowed
         return _fail(str(exc))
 
 
