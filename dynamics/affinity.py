@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from .config import PhaseConfig, RunConfig
 from .curriculum import build_objective
-from .meanflow.loss import LossOutput, MeanFlowLoss
+from .meanflow.loss import Draw, LossOutput, MeanFlowLoss
 from .meanflow.tasks import TaskSpec, bin_label, dt_bin
 from .results import CONFIG_FILE, checkpoint_path
 from .rng import stream_seed
@@ -149,14 +149,11 @@ def tasks_from_specs(cfg: RunConfig, specs: Sequence[TaskSpec | str], num_classe
 
 
 @dataclass
-class _Draw:
-    """One task's randomness on one batch, replayable: the loss's own generator state after the draw."""
+class _Replay:
+    """One task's draw on one batch, replayable: the loss's Draw and its generator's state after the draw
+    (the contamination noise is drawn from it inside the loss)."""
 
-    t: Tensor
-    r: Tensor
-    e: Tensor
-    y: Tensor | None
-    n_v: int
+    draw: Draw
     gen_state: Tensor
     device: torch.device
 
@@ -166,15 +163,15 @@ class _Draw:
         return gen
 
 
-def _draw(task: Task, x: Tensor, y: Tensor | None, draw_seed: int) -> _Draw:
+def _draw(task: Task, x: Tensor, y: Tensor | None, draw_seed: int) -> _Replay:
     gen = torch.Generator(device=x.device).manual_seed(draw_seed)
-    t, r, e, y_task, n_v = task.loss_fn.draw(x, y, gen)
-    return _Draw(t, r, e, y_task, n_v, gen.get_state(), x.device)
+    d = task.loss_fn.draw(x, y, gen)
+    return _Replay(d, gen.get_state(), x.device)
 
 
-def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Draw, step: int) -> LossOutput:
+def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int) -> LossOutput:
     """The task's loss at the model's current weights, with the fixed draws `d` (contamination noise included)."""
-    return task.loss_fn.loss(model, x, d.e, d.t, d.r, d.y, n_v=d.n_v, step=step, gen=d.generator())
+    return task.loss_fn.loss_at(model, x, d.draw, step, d.generator())
 
 
 def _loss_with_weight_of(task: Task, out: LossOutput, ref: LossOutput) -> float:
@@ -210,7 +207,7 @@ def _parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _task_gradient(task: Task, model: nn.Module, x: Tensor, d: _Draw, step: int, grad_clip: float) -> None:
+def _task_gradient(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int, grad_clip: float) -> None:
     """Leave grad L_task (clipped as training clips) in the parameters' .grad."""
     model.zero_grad(set_to_none=True)
     _task_output(task, model, x, d, step).loss.backward()
