@@ -22,7 +22,8 @@ from pathlib import Path
 
 
 def grid_and_dry_run(seeds: int) -> float:
-    from dynamics.launch import launch
+    from dynamics.cli import print_plan
+    from dynamics.launch import default_jobs, prepare
     from experiments.registry import all_studies
 
     with tempfile.TemporaryDirectory() as root:
@@ -30,7 +31,7 @@ def grid_and_dry_run(seeds: int) -> float:
         studies = all_studies()
         out = io.StringIO()
         with redirect_stdout(out):
-            launch(studies, "cpu", executor="local", root=root, seeds=seeds, dry_run=True)
+            print_plan(prepare(studies, "cpu", "local", root, seeds), default_jobs(None))
         seconds = time.perf_counter() - start
     lines = out.getvalue().splitlines()
     runs = sum(1 for line in lines if "/s" in line and ("pending" in line))

@@ -60,19 +60,16 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-from experiments.registry import Study, TaskSpec, bin_label, dt_bin
-
-from .config import InitConfig, PhaseConfig, RunConfig
+from .config import PhaseConfig, RunConfig
 from .curriculum import build_objective
-from .data.toy2d import step_generator
-from .meanflow.loss import LossOutput, MeanFlowLoss
-from .results import CONFIG_FILE, atomic_write_bytes, checkpoint_path
+from .meanflow.loss import Draw, LossOutput, MeanFlowLoss
+from .meanflow.tasks import TaskSpec, bin_label, dt_bin
+from .results import CONFIG_FILE, checkpoint_path
+from .rng import stream_seed
 from .train import Trainer
 
 METHODS = ("lookahead", "cosine")
 OPTIMIZERS = ("sgd", "sgd-length", "adam")
-TAS_FILE = "tas.csv"
-_TAS_STREAM = 4  # generator stream id for TAS draws (data uses 0/1, the objective 2, evaluation 3)
 
 
 class AffinityError(ValueError):
@@ -152,14 +149,11 @@ def tasks_from_specs(cfg: RunConfig, specs: Sequence[TaskSpec | str], num_classe
 
 
 @dataclass
-class _Draw:
-    """One task's randomness on one batch, replayable: the loss's own generator state after the draw."""
+class _Replay:
+    """One task's draw on one batch, replayable: the loss's Draw and its generator's state after the draw
+    (the contamination noise is drawn from it inside the loss)."""
 
-    t: Tensor
-    r: Tensor
-    e: Tensor
-    y: Tensor | None
-    n_v: int
+    draw: Draw
     gen_state: Tensor
     device: torch.device
 
@@ -169,15 +163,15 @@ class _Draw:
         return gen
 
 
-def _draw(task: Task, x: Tensor, y: Tensor | None, draw_seed: int) -> _Draw:
+def _draw(task: Task, x: Tensor, y: Tensor | None, draw_seed: int) -> _Replay:
     gen = torch.Generator(device=x.device).manual_seed(draw_seed)
-    t, r, e, y_task, n_v = task.loss_fn.draw(x, y, gen)
-    return _Draw(t, r, e, y_task, n_v, gen.get_state(), x.device)
+    d = task.loss_fn.draw(x, y, gen)
+    return _Replay(d, gen.get_state(), x.device)
 
 
-def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Draw, step: int) -> LossOutput:
+def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int) -> LossOutput:
     """The task's loss at the model's current weights, with the fixed draws `d` (contamination noise included)."""
-    return task.loss_fn.loss(model, x, d.e, d.t, d.r, d.y, n_v=d.n_v, step=step, gen=d.generator())
+    return task.loss_fn.loss_at(model, x, d.draw, step, d.generator())
 
 
 def _loss_with_weight_of(task: Task, out: LossOutput, ref: LossOutput) -> float:
@@ -213,7 +207,7 @@ def _parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _task_gradient(task: Task, model: nn.Module, x: Tensor, d: _Draw, step: int, grad_clip: float) -> None:
+def _task_gradient(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int, grad_clip: float) -> None:
     """Leave grad L_task (clipped as training clips) in the parameters' .grad."""
     model.zero_grad(set_to_none=True)
     _task_output(task, model, x, d, step).loss.backward()
@@ -420,7 +414,7 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
             x, y = trainer.dataset.batch(data_step, bs, run_cfg.train.seed)
             x = x.to(trainer.device).float()
             y = y.to(trainer.device) if y is not None else None
-            draw_seed = int(step_generator(seed, _TAS_STREAM, k).initial_seed())
+            draw_seed = stream_seed(seed, "tas", k)
             if method == "cosine":
                 values.append(cosine_matrix(trainer.model, resolved, x, y, draw_seed, step=trainer.step))
             else:
@@ -465,74 +459,3 @@ def affinity_matrix(frame: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
 def describe(frame: pd.DataFrame) -> str:
     """One line of the settings a TAS frame was measured with."""
     return ", ".join(f"{k}={v}" for k, v in frame.attrs.items())
-
-
-# O3's step variants (issue 8.5): the verdict is computed under each; `b` is the headline.
-STUDY_VARIANTS: dict[str, dict] = {
-    "a: grad step at run lr": dict(method="lookahead", optimizer="sgd"),
-    "b: grad step of equal length": dict(method="lookahead", optimizer="sgd-length"),
-    "c: run's Adam state": dict(method="lookahead", optimizer="adam"),
-    "d: gradient cosine": dict(method="cosine"),
-}
-DEFAULT_VARIANT = "b: grad step of equal length"
-
-
-def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
-                   overrides: list[str] | None = None, variants: Sequence[str] | None = None,
-                   **kwargs) -> pd.DataFrame:
-    """TAS of every init of a study (its `task_inits`) for each seed, written to <root>/<scale>/<study>/tas.csv.
-
-    The random init (None) is a fresh init of the study's config with that seed (its phases replaced by one
-    joint phase, no parent run); the other inits are their runs' final checkpoints, found through the launch
-    plan (with the same key=value `overrides` as `dynamics run`). Every variant of STUDY_VARIANTS (or those
-    named) is measured; each lookahead variant twice, with the target recomputed at theta' and held at theta
-    (column `target_mode`). Long format: init, seed, variant, target_mode, source, target, method, value (the
-    mean over batches), std, n, then the settings (weights, step, lr, ...). `kwargs` (batches, device, ...)
-    apply to every variant; method / optimizer / recompute_target are the variants' own."""
-    from .launch import plan
-
-    if not study.tasks or not study.task_inits:
-        raise AffinityError(f"study {study.name} declares no TAS tasks and inits (Study.tasks, Study.task_inits)")
-    names = list(STUDY_VARIANTS) if variants is None else list(variants)
-    unknown = [v for v in names if v not in STUDY_VARIANTS]
-    if unknown:
-        raise AffinityError(f"variant {unknown[0]!r} is not known; choose from {', '.join(STUDY_VARIANTS)}")
-    for key in ("method", "optimizer", "recompute_target"):
-        kwargs.pop(key, None)
-    runs = plan([study], scale, root, seeds, overrides=overrides)
-    if not runs:
-        raise AffinityError(f"study {study.name} has no runs at scale {scale}")
-    by_key = {r.spec.key: r for r in runs}
-    n_seeds = study.default_seeds(scale) if seeds is None else seeds
-    parts = []
-    for seed in range(n_seeds):
-        for init, key in study.task_inits.items():
-            if key is None:
-                cfg = copy.deepcopy(next(r for r in runs if r.spec.tags.get("seed") == seed).config)
-                cfg.phases, cfg.init = [], InitConfig()
-                cfg.train.seed = seed
-                cfg.name = f"{study.name}/init={init}/s{seed}"
-                source: str | Path | RunConfig = cfg
-            else:
-                run = by_key.get(f"{key}/s{seed}")
-                if run is None:
-                    raise AffinityError(f"study {study.name}: init {init!r} names run {key!r}, not in the grid")
-                if run.state != "done":
-                    raise AffinityError(f"study {study.name}: init {init!r} (run {run.spec.key}) is {run.state} in "
-                                        f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
-                source = run.run_dir
-            for variant in names:
-                settings = STUDY_VARIANTS[variant]
-                modes = (("recomputed", True), ("held", False)) if settings["method"] == "lookahead" else (("-", True),)
-                for mode, recompute in modes:
-                    part = task_affinity(source, list(study.tasks), seed=seed, recompute_target=recompute,
-                                         **settings, **kwargs)
-                    part.insert(0, "init", init)
-                    part.insert(1, "seed", seed)
-                    part.insert(2, "variant", variant)
-                    part.insert(3, "target_mode", mode)
-                    parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
-    frame = pd.concat(parts, ignore_index=True).rename(columns={"mean": "value"})
-    frame.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("weights", "step", "seed")}
-    atomic_write_bytes(Path(root) / scale / study.name / TAS_FILE, frame.to_csv(index=False).encode())
-    return frame

@@ -15,6 +15,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _register(args.register)
     cfg = apply_overrides(preset(args.preset), args.overrides)
     if args.dry_run:
         print(cfg.to_json())
@@ -86,29 +87,129 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+# ----------------------------------------------------------------------------------------------------
+# tables: a launch's plan and a study's status
+
+
+def _describe_deps(run, by_uid: dict) -> str:
+    """The runs `run` waits for; a parent it continues shows the epoch (`v-pretrain@5ep`)."""
+    if not run.spec.depends_on:
+        return "-"
+    ref = run.spec.parent
+    return ",".join(by_uid[p].spec.key + (f"@{ref.epoch:g}ep" if ref and ref.key == by_uid[p].spec.key else "")
+                    for p in run.parents)
+
+
+def print_plan(job, jobs: int) -> None:
+    """A dry run: per study its runs (hash, state, action, steps, estimated time, what they wait for), the
+    cost, pre-flight warnings and, for SLURM, the sbatch header and the arrays it would submit."""
+    from .launch import CLUSTER_SCALES, TO_EXECUTE, cost_summary, estimate_seconds, sbatch_preview, slurm_waves
+
+    runs, by_uid = job.runs, job.by_uid
+    for name, why in job.unsupported.items():
+        print(f"{name}: no runs at scale {job.scale}: {why}")
+    width = max([len(r.spec.key) for r in runs] + [8])
+    for study in job.studies:
+        mine = [r for r in runs if r.study == study.name]
+        print(f"{study.name}: {study.question}  [{len(mine)} runs]")
+        for note in study.notes:
+            print(f"  note: {note}")
+        if not mine:
+            continue
+        print(f"  {'run':<{width}}  {'hash':<12}  {'state':<11}  {'action':<8}  {'steps':>9}  {'est.':>9}  after")
+        for r in mine:
+            seconds = estimate_seconds(r.config, r.start_step) if r.action in TO_EXECUTE else 0.0
+            est = f"{seconds / 3600:,.1f}h" if r.config.scale in CLUSTER_SCALES else f"{seconds / 60:.2f}m"
+            print(f"  {r.spec.key:<{width}}  {r.spec.hash:<12}  {r.state:<11}  {r.action:<8}  "
+                  f"{r.total_steps - r.start_step:>9,}  {est:>9}  {_describe_deps(r, by_uid)}"
+                  + (f"  ({r.note})" if r.note else ""))
+    print(f"total: {cost_summary(runs, jobs)}")
+    for problem in job.problems:
+        print(f"warning: {problem}; the jobs would fail at start")
+    if job.executor == "slurm":
+        print("sbatch script header (submitit's, as each array gets it, plus --array and --dependency):")
+        for line in sbatch_preview(job.profile):
+            print(f"  {line}")
+        for line in slurm_waves(job.todo, by_uid, job.profile):
+            print(f"  {line}")
+
+
+def status_table(runs: list) -> dict[str, int]:
+    """One line per run with its state and progress; returns the count per state."""
+    import time
+
+    from .results import METRICS_FILE, last_jsonl_row, read_status
+
+    width = max([len(r.spec.key) for r in runs] + [8])
+    counts: dict[str, int] = {}
+    now = time.time()
+    print(f"{'run':<{width}}  {'hash':<12}  {'state':<11}  {'progress':>22}  updated")
+    for r in runs:
+        status = read_status(r.run_dir)
+        row = last_jsonl_row(r.run_dir / METRICS_FILE) or {}
+        step = max(int(status.get("step", 0)), int(row.get("step", 0)))
+        counts[r.state] = counts.get(r.state, 0) + 1
+        updated = status.get("updated")
+        age = "-" if updated is None else f"{max(0.0, now - updated) / 60:.1f} min ago"
+        pct = 100.0 * step / r.total_steps if r.total_steps else 0.0
+        extra = f"  {status['error']}" if status.get("error") else ""
+        print(f"{r.spec.key:<{width}}  {r.spec.hash:<12}  {r.state:<11}  "
+              f"{f'{step:,}/{r.total_steps:,} ({pct:.0f}%)':>22}  {age}{extra}")
+    order = ("done", "running", "queued", "requeued", "interrupted", "failed", "diverged", "pending")
+    print("  ".join(f"{k}: {counts[k]}" for k in order if k in counts) or "no runs")
+    return counts
+
+
+def _launch(studies: list, args: argparse.Namespace) -> dict[str, str] | None:
+    """`dynamics run` / `reproduce`: the dry-run table (None), or the launch's final states."""
+    from .launch import default_jobs, launch, prepare
+
+    if args.dry_run:
+        job = prepare(studies, args.scale, args.executor, args.results, args.seeds, args.profile,
+                      getattr(args, "rerun_failed", False), args.overrides)
+        print_plan(job, default_jobs(args.jobs))
+        return None
+    return launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds, jobs=args.jobs,
+                  profile=args.profile, rerun_failed=getattr(args, "rerun_failed", False),
+                  progress=not args.quiet, overrides=args.overrides)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     print("\n".join(preset_names()))
     return 0
 
 
+def _register(modules: list[str] | None) -> None:
+    """`--register MODULE`: import a user's module, which registers studies (experiments.registry.register)
+    and/or curriculum pieces (dynamics.pieces.register_piece); one that registers neither is an error."""
+    from experiments.registry import RegistryError, register_from_module
+
+    from . import pieces
+
+    for module in modules or []:
+        before = len(pieces._PIECES)
+        pieces.import_modules([module])
+        added = len(pieces._PIECES) > before or any(p.module == module for p in pieces._PIECES.values())
+        try:
+            register_from_module(module)
+        except RegistryError:
+            if not added:
+                raise RegistryError(f"module {module!r} registered no study and no curriculum piece; decorate a "
+                                    "grid function with @register(...) or a piece with @register_piece(...)") from None
+
+
 def _studies(names: str, register: list[str]) -> list:
     """Studies named on the command line: one name, a comma-separated list, or "all"."""
-    from experiments.registry import all_studies, get_study, register_from_module
+    from experiments.registry import all_studies, get_study
 
-    for module in register or []:
-        register_from_module(module)
+    _register(register)
     if names == "all":
         return all_studies()
     return [get_study(n.strip()) for n in names.split(",") if n.strip()]
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
-
-    try:
-        studies = _studies("all", args.register)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    studies = _studies("all", args.register)
     width = max(len(s.name) for s in studies)
     print(f"{'study':<{width}}  " + "  ".join(f"{sc:>6}" for sc in SCALES) + "  question")
     for study in studies:
@@ -119,46 +220,32 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
-
-    from .launch import launch
-
-    try:
-        studies = _studies(args.study, args.register)
-        final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
-                       jobs=args.jobs, profile=args.profile, rerun_failed=args.rerun_failed,
-                       dry_run=args.dry_run, progress=not args.quiet, overrides=args.overrides)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    final = _launch(_studies(args.study, args.register), args)
+    if final is None:
+        return 0
     bad = [uid for uid, state in final.items() if state != "done" and not state.startswith("submitted")]
     return 1 if bad else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from experiments.registry import RegistryError
+    from .launch import plan, recorded_overrides
 
-    from .launch import plan, recorded_overrides, status_table
-
-    try:
-        studies = _studies(args.study, args.register)
-        for study in studies:
-            overrides = args.overrides
-            recorded = recorded_overrides(args.results, args.scale, study.name)
-            if not overrides and recorded:
-                overrides = recorded
-            runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
-            print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
-            if overrides and overrides is recorded:
-                print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
-            elif recorded is not None and sorted(recorded) != sorted(overrides or []):
-                print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
-                      "shows the grid of the ones given here")
-            if scale_note := study.unsupported.get(args.scale):
-                print(f"  no runs at this scale: {scale_note}")
-                continue
-            status_table(runs)
-    except RegistryError as exc:
-        return _fail(str(exc))
+    for study in _studies(args.study, args.register):
+        overrides = args.overrides
+        recorded = recorded_overrides(args.results, args.scale, study.name)
+        if not overrides and recorded:
+            overrides = recorded
+        runs = plan([study], args.scale, args.results, args.seeds, overrides=overrides)
+        print(f"{study.name} @ {args.scale}: {len(runs)} runs in {Path(args.results) / args.scale / study.name}")
+        if overrides and overrides is recorded:
+            print(f"  with the overrides `dynamics run` recorded: {' '.join(recorded)}")
+        elif recorded is not None and sorted(recorded) != sorted(overrides or []):
+            print(f"  note: `dynamics run` used other overrides ({' '.join(recorded) or 'none'}); this table "
+                  "shows the grid of the ones given here")
+        if scale_note := study.unsupported.get(args.scale):
+            print(f"  no runs at this scale: {scale_note}")
+            continue
+        status_table(runs)
     return 0
 
 
@@ -186,15 +273,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Every registered study at a scale, then the report: what `make reproduce` runs."""
     from .analysis.report import write_report
-    from .launch import launch
 
     studies = _studies("all", args.register)
-    final = launch(studies, args.scale, executor=args.executor, root=args.results, seeds=args.seeds,
-                   jobs=args.jobs, profile=args.profile, dry_run=args.dry_run, progress=not args.quiet,
-                   overrides=args.overrides)
-    if args.dry_run:
+    final = _launch(studies, args)
+    if final is None:
         return 0
-    from .affinity import AffinityError, study_affinity
+    from .affinity import AffinityError
+    from .study_tas import study_affinity
 
     for study in studies:  # TAS studies (o3) are measured on their finished init runs
         if study.metric.kind == "tas" and args.scale not in study.unsupported:
@@ -222,47 +307,44 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
-    from experiments.registry import RegistryError, get_study
+    from experiments.registry import get_study
 
-    from .affinity import AffinityError, affinity_matrix, describe, study_affinity, task_affinity
+    from .affinity import affinity_matrix, describe, task_affinity
     from .results import atomic_write_bytes
+    from .study_tas import DEFAULT_VARIANT, study_affinity
 
+    _register(args.register)
     settings = dict(method=args.method, batches=args.batches, optimizer=args.optimizer, lr=args.lr,
                     recompute_target=not args.no_recompute_target, recompute_weight=args.recompute_weight,
                     train_window=args.train_window,
                     batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     note = "rows: the task stepped on (source); columns: the task whose loss is measured (target)"
-    try:
-        if args.study:
-            bad = [a for a in args.targets if "=" not in a]
-            if bad or args.preset or args.tasks or args.out or args.epoch is not None:
-                return _fail("--study takes its tasks and runs from the registry and writes "
-                             "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch "
-                             "(key=value overrides, as for `dynamics run`, are allowed)")
-            if not args.scale:
-                return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
-            frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
-                                   overrides=args.targets, **settings)
-            print(f"{describe(frame)}; {note}")
-            from .affinity import DEFAULT_VARIANT
-
-            default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
-            for init, part in default.groupby("init", sort=False):
-                print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
-                      "seeds):")
-                print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
-            print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
-            print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
-            return 0
-        if args.preset:
-            source = apply_overrides(preset(args.preset), args.targets)
-        elif len(args.targets) == 1:
-            source = args.targets[0]
-        else:
-            return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
-        frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
-    except (AffinityError, RegistryError) as exc:
-        return _fail(str(exc))
+    if args.study:
+        bad = [a for a in args.targets if "=" not in a]
+        if bad or args.preset or args.tasks or args.out or args.epoch is not None:
+            return _fail("--study takes its tasks and runs from the registry and writes "
+                         "<results>/<scale>/<study>/tas.csv; drop RUN_DIR, --preset, --tasks, --out and --epoch "
+                         "(key=value overrides, as for `dynamics run`, are allowed)")
+        if not args.scale:
+            return _fail(f"--study {args.study} needs --scale (one of {', '.join(SCALES)})")
+        frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
+                               overrides=args.targets, **settings)
+        print(f"{describe(frame)}; {note}")
+        default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
+        for init, part in default.groupby("init", sort=False):
+            print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
+                  "seeds):")
+            print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
+        print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
+        print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
+        return 0
+    if args.preset:
+        source = apply_overrides(preset(args.preset), args.targets)
+    elif len(args.targets) == 1:
+        source = args.targets[0]
+    else:
+        return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
+    frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))
     if args.out:
@@ -292,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module that registers curriculum pieces (repeatable; recorded in the config)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="samples of a run's EMA model: a .npy file (--out) and/or a PNG grid (--png)")
@@ -386,13 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--out", help="write the long-format TAS table to this CSV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module of studies or curriculum pieces (a run's own are imported from its config)")
     p.set_defaults(func=cmd_tas)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command, and turn any bad-input error of any command into one line (exit status 2)."""
     from experiments.registry import RegistryError
 
+    from .affinity import AffinityError
+    from .pieces import PieceError
     from .results import RunLockedError
 
     parser = build_parser()
@@ -403,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError, RunLockedError) as exc:
+    except (ConfigError, RegistryError, PieceError, AffinityError, FileNotFoundError, RunLockedError) as exc:
+        # every command's bad input ends here: one line naming the value and what is allowed
         return _fail(str(exc))
 
 

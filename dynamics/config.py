@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -26,6 +26,34 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
+def _literal_values(tp: Any) -> tuple | None:
+    """The allowed values of a `Literal[...]` field type (also inside `X | None`), else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def check_allowed_values(obj: Any, prefix: str = "") -> None:
+    """The one check of allowed values: every `Literal[...]` field of a config dataclass, recursively (lists of
+    sections included), holds one of its values; the error names the key, e.g. `phases.0.sampler.kind`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        allowed = _literal_values(hints[f.name])
+        if allowed is not None and value is not None:
+            _choice(key, value, allowed)
+        elif dataclasses.is_dataclass(value):
+            check_allowed_values(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_allowed_values(item, f"{key}.{i}.")
+
+
 def _in_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
     bad = value <= lo if lo_open else value < lo
     if bad or value > hi:
@@ -33,13 +61,15 @@ def _in_range(name: str, value: float, lo: float, hi: float, lo_open: bool = Fal
         raise ConfigError(f"{name}={value!r} is out of range; allowed {bracket}{lo}, {hi}]")
 
 
-DATASETS = ("moons", "checkerboard", "gaussians8", "gaussian", "spirals", "rings", "digits", "imagenet_latents")
+DatasetName = Literal["moons", "checkerboard", "gaussians8", "gaussian", "spirals", "rings", "digits",
+                      "imagenet_latents"]
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 TOY_DATASETS = ("moons", "checkerboard", "gaussians8", "gaussian", "spirals", "rings")
 
 
 @dataclass
 class DataConfig:
-    name: str = "moons"
+    name: DatasetName = "moons"
     # Axis-aligned Gaussian ("gaussian"): mean and per-axis scale; the exact mean flow is known in closed form.
     mean: list[float] = field(default_factory=lambda: [1.0, -0.5])
     scale: list[float] = field(default_factory=lambda: [0.5, 0.25])
@@ -47,7 +77,6 @@ class DataConfig:
     hflip: bool = True
 
     def validate(self) -> None:
-        _choice("data.name", self.name, DATASETS)
         if self.name == "gaussian" and len(self.mean) != len(self.scale):
             raise ConfigError(f"data.mean has {len(self.mean)} dims but data.scale has {len(self.scale)}")
         if self.name == "gaussian" and min(self.scale) <= 0:
@@ -60,19 +89,22 @@ class DataConfig:
 EVAL_METRICS = {"sw2": TOY_DATASETS, "energy": TOY_DATASETS, "fd_digits": ("digits",), "class_acc": ("digits",),
                 "fid": ("imagenet_latents",)}
 
-MODELS = ("mlp", "dit")
-DIT_SIZES = ("tiny", "S/2", "S/4", "B/4", "B/2", "M/2", "L/2", "XL/2")
+ModelName = Literal["mlp", "dit"]
+DitSize = Literal["tiny", "S/2", "S/4", "B/4", "B/2", "M/2", "L/2", "XL/2"]
+MODELS: tuple[str, ...] = typing.get_args(ModelName)
+DIT_SIZES: tuple[str, ...] = typing.get_args(DitSize)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
+    name: ModelName = "mlp"
     # MLP
     width: int = 256
     depth: int = 3
-    time_embedding: str = "raw"  # raw (t, t - r as inputs) | sinusoidal (DiT-style features of time_scale * t)
+    # raw (t, t - r as inputs) | sinusoidal (DiT-style features of time_scale * t)
+    time_embedding: Literal["raw", "sinusoidal"] = "raw"
     # DiT
-    size: str = "tiny"
+    size: DitSize = "tiny"
     patch_size: int = 0  # 0 = the size's own patch (tiny: 2)
     # Sinusoidal time features (DiT, and the MLP's sinusoidal option) see time_scale * t. 1.0: t in [0, 1]
     # unscaled, as the official MeanFlow code (JAX and PyTorch); 1000 (DiT's integer-timestep habit) multiplies
@@ -80,23 +112,21 @@ class ModelConfig:
     time_scale: float = 1.0
 
     def validate(self) -> None:
-        _choice("model.name", self.name, MODELS)
-        _choice("model.time_embedding", self.time_embedding, ("raw", "sinusoidal"))
-        _choice("model.size", self.size, DIT_SIZES)
         if self.width < 1 or self.depth < 1:
             raise ConfigError(f"model.width={self.width} and model.depth={self.depth} must be >= 1")
         if self.time_scale <= 0:
             raise ConfigError(f"model.time_scale={self.time_scale} must be > 0 (1.0: t in [0, 1] unscaled)")
 
 
-SAMPLERS = ("logit_normal", "uniform", "dt_bin")
+SamplerKind = Literal["logit_normal", "uniform", "dt_bin"]
+SAMPLERS: tuple[str, ...] = typing.get_args(SamplerKind)
 
 
 @dataclass
 class SamplerConfig:
     """The (t, r) sampler. `dt_bin`: dt uniform in [dt_min, dt_max], t uniform in [dt, 1] (the O2 bins)."""
 
-    kind: str = "logit_normal"
+    kind: SamplerKind = "logit_normal"
     mu: float = -0.4
     sigma: float = 1.0
     ratio_r_eq_t: float = 0.75  # share of each batch with r = t (the v term)
@@ -104,7 +134,6 @@ class SamplerConfig:
     dt_max: float = 0.3
 
     def validate(self, prefix: str = "objective.sampler") -> None:
-        _choice(f"{prefix}.kind", self.kind, SAMPLERS)
         _in_range(f"{prefix}.ratio_r_eq_t", self.ratio_r_eq_t, 0.0, 1.0)
         _in_range(f"{prefix}.sigma", self.sigma, 0.0, 100.0, lo_open=True)
         if self.kind == "dt_bin":
@@ -125,7 +154,7 @@ class CFGConfig:
     """
 
     class_dropout: float = 0.1
-    dropout_rows: str = "leading"  # leading | random
+    dropout_rows: Literal["leading", "random"] = "leading"  # leading | random
     w: float = 1.0
     kappa: float = 0.0
     t_min: float = 0.0
@@ -133,7 +162,6 @@ class CFGConfig:
 
     def validate(self) -> None:
         _in_range("objective.cfg.class_dropout", self.class_dropout, 0.0, 1.0)
-        _choice("objective.cfg.dropout_rows", self.dropout_rows, ("leading", "random"))
         _in_range("objective.cfg.kappa", self.kappa, 0.0, 1.0)
         if self.kappa >= 1.0:
             raise ConfigError("objective.cfg.kappa must be < 1 (effective guidance w / (1 - kappa))")
@@ -153,14 +181,14 @@ class DTDConfig:
     """
 
     clusters: int = 20
-    mode: str = "patience"  # patience (the DTD paper's adaptive pacing) | pace (fixed fractions of training)
+    # patience (the DTD paper's adaptive pacing) | pace (fixed fractions of training)
+    mode: Literal["patience", "pace"] = "patience"
     pace_until: float = 0.5
     patience: float = 5e-4  # fraction of the run's steps: the window P of the v-loss plateau test
 
     def validate(self) -> None:
         if self.clusters < 1:
             raise ConfigError(f"objective.dtd.clusters={self.clusters} must be >= 1")
-        _choice("objective.dtd.mode", self.mode, ("pace", "patience"))
         _in_range("objective.dtd.pace_until", self.pace_until, 0.0, 1.0, lo_open=True)
         _in_range("objective.dtd.patience", self.patience, 0.0, 1.0, lo_open=True)
 
@@ -170,28 +198,27 @@ class ObjectiveConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
-    alpha: str = "none"  # v-term weight: none | minsnr
+    alpha: str = "none"  # v-term weight: none | minsnr | a registered piece (dynamics.pieces)
     minsnr_gamma: float = 5.0
-    v_sampling: str = "base"  # v-term timestep sampling: base | dtd
+    v_sampling: Literal["base", "dtd"] = "base"  # v-term timestep sampling: base | dtd
     dtd: DTDConfig = field(default_factory=DTDConfig)
-    beta: str = "none"  # u-term weight: none | progressive
+    beta: str = "none"  # u-term weight: none | progressive | a registered piece (dynamics.pieces)
     beta_k: float = 1.0
+    # a registered piece's typed parameters (its params dataclass); the paper's pieces use the fields above
+    alpha_params: dict[str, Any] = field(default_factory=dict)
+    beta_params: dict[str, Any] = field(default_factory=dict)
     # O1 reverse: v-row target v + noise. literal (the paper's words): k ||v|| xi, xi ~ N(0, I) per element;
     # normalised: k ||v|| xi / ||xi||. ||v|| is the per-sample norm of the conditional velocity e - x.
     contamination_k: float = 0.0
-    contamination_form: str = "literal"  # literal | normalised
+    contamination_form: Literal["literal", "normalised"] = "literal"
     cfg: CFGConfig = field(default_factory=CFGConfig)
-    jvp: str = "rows"  # rows | fused | compiled | full: how the JVP target is computed (meanflow/target.py)
+    # rows | fused | compiled | full: how the JVP target is computed (meanflow/target.py)
+    jvp: Literal["rows", "fused", "compiled", "full"] = "rows"
 
     def validate(self) -> None:
         self.sampler.validate()
         if self.adaptive_p < 0 or self.adaptive_c <= 0:
             raise ConfigError(f"objective.adaptive_p={self.adaptive_p} must be >= 0 and adaptive_c > 0")
-        _choice("objective.alpha", self.alpha, ("none", "minsnr"))
-        _choice("objective.v_sampling", self.v_sampling, ("base", "dtd"))
-        _choice("objective.beta", self.beta, ("none", "progressive"))
-        _choice("objective.jvp", self.jvp, ("rows", "fused", "compiled", "full"))
-        _choice("objective.contamination_form", self.contamination_form, ("literal", "normalised"))
         if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
             raise ConfigError("objective.minsnr_gamma, objective.beta_k must be > 0, contamination_k >= 0")
         self.dtd.validate()
@@ -203,11 +230,10 @@ class PhaseConfig:
     """One phase of a run: which loss terms are on, for how long, with which (t, r) sampler."""
 
     epochs: float = 1.0
-    terms: str = "both"  # both (joint MeanFlow) | v (t = r only) | u (t != r only)
+    terms: Literal["both", "v", "u"] = "both"  # both (joint MeanFlow) | v (t = r only) | u (t != r only)
     sampler: SamplerConfig | None = None  # None: the objective's sampler
 
     def validate(self, i: int) -> None:
-        _choice(f"phases.{i}.terms", self.terms, ("both", "v", "u"))
         if self.epochs <= 0:
             raise ConfigError(f"phases.{i}.epochs={self.epochs} must be > 0")
         if self.sampler is not None:
@@ -233,7 +259,7 @@ class EvalConfig:
 class TrainConfig:
     batch_size: int = 1024
     lr: float = 3e-3
-    lr_schedule: str = "cosine"  # constant | cosine (after warm-up)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # constant | cosine (after warm-up)
     warmup_steps: int = 200
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -245,7 +271,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_epochs: list[float] = field(default_factory=list)  # epochs whose checkpoints are kept for fine-tunes
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     grad_clip: float = 0.0  # 0: off
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
@@ -255,8 +281,6 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
-        _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
-        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _in_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
         _in_range("train.adam_beta1", self.adam_beta1, 0.0, 1.0)
         _in_range("train.adam_beta2", self.adam_beta2, 0.0, 1.0)
@@ -285,11 +309,14 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
     init: InitConfig = field(default_factory=InitConfig)
+    modules: list[str] = field(default_factory=list)  # modules of the run's registered pieces (filled by validate)
 
     def validate(self) -> RunConfig:
+        check_allowed_values(self)
         self.data.validate()
         self.model.validate()
         self.objective.validate()
+        self._validate_pieces()
         self.train.validate()
         self.eval.validate()
         for i, phase in enumerate(self.phases):
@@ -307,6 +334,40 @@ class RunConfig:
             raise ConfigError(f"model.name=dit needs image data (digits, imagenet_latents), not {self.data.name}")
         return self
 
+    @staticmethod
+    def params_of(params_type: type, given: dict, kind: str) -> Any:
+        """A piece's parameters: `given` (objective.<kind>_params) type-checked into its dataclass."""
+        params = _from_dict(params_type, given, f"objective.{kind}_params.")
+        if hasattr(params, "validate"):
+            params.validate()
+        return params
+
+    def _validate_pieces(self) -> None:
+        """objective.alpha / beta name registered pieces (the paper's or a user module's, imported here) whose
+        parameters type-check against the piece's dataclass; the modules of a user's pieces are recorded."""
+        from . import pieces
+
+        try:
+            pieces.import_modules(self.modules)
+            for kind in pieces.KINDS:
+                piece = pieces.get_piece(kind, getattr(self.objective, kind))
+                given = getattr(self.objective, f"{kind}_params")
+                if piece is None or piece.params is None:
+                    if given:
+                        name = getattr(self.objective, kind)
+                        raise ConfigError(f"objective.{kind}_params={given}: objective.{kind}={name} takes no "
+                                          f"parameters")
+                    if piece is None:
+                        continue
+                else:
+                    self.params_of(piece.params, given, kind)
+                if piece.module != pieces.PAPER_MODULE and piece.module not in self.modules:
+                    self.modules.append(piece.module)
+        except (pieces.PieceError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc)) from None
+
     def resolved_phases(self) -> list[PhaseConfig]:
         """The phases of this run: the configured ones, or one joint phase of `train.epochs`."""
         return self.phases or [PhaseConfig(epochs=self.train.epochs)]
@@ -318,7 +379,15 @@ class RunConfig:
         return phase_boundaries(self)[-1]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as saved and hashed. The registered pieces' parameters and modules appear only when set,
+        so every config without a user's piece keeps the dict (and result hash) it had before pieces."""
+        d = dataclasses.asdict(self)
+        for key in ("alpha_params", "beta_params"):
+            if not d["objective"][key]:
+                del d["objective"][key]
+        if not d["modules"]:
+            del d["modules"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -366,6 +435,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return _coerce(inner, value, key)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key + ".")
+    if origin is Literal:
+        _choice(key, value, typing.get_args(tp))
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -399,7 +475,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `a.b.c=value` overrides (list indices allowed: `phases.0.epochs=2`) and validate."""
-    d = cfg.to_dict()
+    d = dataclasses.asdict(cfg)  # every key, the empty piece parameters included
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
@@ -413,7 +489,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             _child(node, last, key)
             node[int(last)] = _parse_value(text)
         else:
-            if last not in node:
+            if last not in node and not (len(parts) > 1 and parts[-2].endswith("_params")):
                 allowed = ", ".join(sorted(node))
                 raise ConfigError(f"unknown key '{key}'; allowed here: {allowed}")
             node[last] = _parse_value(text)

@@ -17,9 +17,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from . import pieces
 from .config import DTDConfig, PhaseConfig, RunConfig
 from .meanflow.loss import MeanFlowLoss
 from .meanflow.samplers import TimeSampler, build_sampler
+from .pieces import PieceContext, register_piece
 
 
 class MinSNRWeight:
@@ -61,6 +63,28 @@ class ProgressiveUWeight:
     def __call__(self, dt: Tensor, step: int) -> Tensor:
         s = self.progress(step)
         return (1 - s) + s * self.lam * (1 - dt)
+
+
+# The paper's pieces, registered by name as a user's are (dynamics.pieces); their parameters are the objective's
+# own fields, so configs and result hashes read as before.
+@register_piece("alpha", "minsnr")
+def _minsnr(ctx: PieceContext, params: None) -> MinSNRWeight:
+    return MinSNRWeight(ctx.base_sampler, ctx.objective.minsnr_gamma)
+
+
+@register_piece("beta", "progressive")
+def _progressive(ctx: PieceContext, params: None) -> ProgressiveUWeight:
+    return ProgressiveUWeight(ctx.sampler, ctx.total_steps, ctx.objective.beta_k)
+
+
+def build_piece(kind: str, cfg: RunConfig, ctx: PieceContext):
+    """The run's alpha or beta (None: "none"), its parameters built from objective.<kind>_params."""
+    piece = pieces.get_piece(kind, getattr(cfg.objective, kind))
+    if piece is None:
+        return None
+    params = (RunConfig.params_of(piece.params, getattr(cfg.objective, f"{kind}_params"), kind)
+              if piece.params is not None else None)
+    return piece.build(ctx, params)
 
 
 class DTDSchedule:
@@ -155,8 +179,9 @@ def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
     sampler = build_sampler(phase.sampler) if phase.sampler is not None else base_sampler
     ratio = {"both": obj.sampler.ratio_r_eq_t if phase.sampler is None else phase.sampler.ratio_r_eq_t,
              "v": 1.0, "u": 0.0}[phase.terms]
-    alpha = MinSNRWeight(base_sampler, obj.minsnr_gamma) if obj.alpha == "minsnr" else None
-    beta = ProgressiveUWeight(sampler, total, obj.beta_k) if obj.beta == "progressive" else None
+    pieces.import_modules(cfg.modules)  # a worker or a reloaded run imports the modules of the run's pieces
+    ctx = PieceContext(sampler, base_sampler, total, obj)
+    alpha, beta = build_piece("alpha", cfg, ctx), build_piece("beta", cfg, ctx)
     return MeanFlowLoss(
         sampler=sampler,
         ratio_r_eq_t=ratio,

@@ -27,7 +27,6 @@ from torch import nn
 from .config import ConfigError, RunConfig, phase_boundaries
 from .curriculum import DTDSchedule, build_objective
 from .data import build_dataset
-from .data.toy2d import step_generator
 from .metrics.evaluate import Evaluator
 from .models import build_model
 from .results import (
@@ -44,6 +43,7 @@ from .results import (
     truncate_jsonl,
     write_status,
 )
+from .rng import stream_seed
 
 PREV_CKPT = "prev.pt"  # the checkpoint before last.pt, kept (as a hard link) for when last.pt is unreadable
 # Set to 1 to start torch.distributed on a single process (world size 1) when nothing else has: the
@@ -114,8 +114,7 @@ def all_reduce_gradients(model: nn.Module, world_size: int) -> None:
 
 def objective_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The objective's randomness at a step: t, r, noise, class dropout, contamination."""
-    seed_int = int(step_generator(seed, 2, step, rank).initial_seed())
-    return torch.Generator(device=device).manual_seed(seed_int)
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, "objective", step, rank))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

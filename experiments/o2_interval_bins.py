@@ -17,9 +17,9 @@ from .registry import (
     RunSpec,
     base_config,
     bin_label,
+    continue_from,
     dt_bin,
     register,
-    start_from,
     u_only,
     v_only,
 )
@@ -48,20 +48,22 @@ U_EPOCHS = 40
                                      "control": {"role": "v-pretrain"}, "margin": 0.05}),),
 )
 def o2_interval_bins(scale: str) -> list[RunSpec]:
-    parent = base_config(scale, shared_prefix=True)
-    parent.phases = [v_only(V_EPOCHS)]
-    parent.train.keep_epochs = [float(V_EPOCHS)]
-    parent.eval.nfe_v = [32]
-    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "init": "v-only", "bin": "none"})]
+    parent_cfg = base_config(scale, shared_prefix=True)
+    parent_cfg.phases = [v_only(V_EPOCHS)]
+    parent_cfg.eval.nfe_v = [32]
+    parent = RunSpec("v-pretrain", parent_cfg, tags={"role": "v-pretrain", "init": "v-only", "bin": "none"})
+    runs = [parent]
     for init in INITS:
         for lo, hi in BINS:
-            cfg = base_config(scale, shared_prefix=True)
-            cfg.eval.nfe_v = [32]
-            cfg.phases = [u_only(U_EPOCHS, dt_bin(lo, hi))]
-            if init == "v-only":
-                cfg.phases.insert(0, v_only(V_EPOCHS))
-                start_from(cfg, "v-pretrain", V_EPOCHS)
             label = bin_label(lo, hi)
-            runs.append(RunSpec(f"init={init},bin={label}", cfg,
-                                tags={"role": "fine-tune", "init": init, "bin": label, "dt_lo": lo, "dt_hi": hi}))
+            key = f"init={init},bin={label}"
+            tags = {"role": "fine-tune", "init": init, "bin": label, "dt_lo": lo, "dt_hi": hi}
+            u_phase = u_only(U_EPOCHS, dt_bin(lo, hi))
+            if init == "v-only":
+                runs.append(continue_from(parent, key, V_EPOCHS, [u_phase], tags))
+            else:
+                cfg = base_config(scale, shared_prefix=True)
+                cfg.eval.nfe_v = [32]
+                cfg.phases = [u_phase]
+                runs.append(RunSpec(key, cfg, tags=tags))
     return runs

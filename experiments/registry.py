@@ -7,12 +7,15 @@ sets `train.seed`, suffixes each key with `/s<seed>`, and names every run by the
 Budgets are written in the paper's epochs (`phases=[v 5 ep, u 60 ep]`); each scale says how many optimiser
 steps an epoch is (`SCALE_SETTINGS`), so a grid reads the same at every scale.
 
-Shared prefixes. A fine-tune that starts from another run's checkpoint says so with
-`start_from(cfg, "<parent key>", epoch)`, which writes `init.run_dir = "@<parent key>"`. `Study.runs`
-replaces that reference with the parent's directory *relative to the results root*,
-`<scale>/<study>/<parent hash>`, and adds the parent to `depends_on`. The child's hash (its directory name)
-therefore changes when the parent's config changes, but not with where results live; the launcher makes
-the path absolute when the run starts (`dynamics.launch.absolute_init`).
+Shared prefixes. A fine-tune that continues another run of the grid (same study, same seed) from one of its
+checkpoints is built with `continue_from(parent, key, epoch, then=[...])`: the child is the parent's config with
+the parent's phases up to `epoch` (the prefix it inherits) followed by `then`; the parent keeps that epoch's
+checkpoint; and the relation is a typed field, `RunSpec.parent = ParentRef(key, epoch)`. `Study.runs` resolves
+it: the parent joins `depends_on`, and the child's `init.run_dir` / `init.epoch` name the parent's directory
+*relative to the results root*, `<scale>/<study>/<parent hash>`. The child's hash (its directory name)
+therefore changes when the parent's config changes, but not with where results live; the launcher makes the
+path absolute when the run starts (`dynamics.launch.absolute_init`) and asks one function whether the
+checkpoint a child needs exists (`dynamics.launch.readiness`).
 
 Users register their own studies the same way the built-in modules do, from their own module:
 
@@ -38,12 +41,18 @@ from typing import Any
 from dynamics.config import (
     SCALES,
     ConfigError,
+    InitConfig,
     PhaseConfig,
     RunConfig,
     SamplerConfig,
     apply_overrides,
     preset,
 )
+
+# the library's task and dt-bin vocabulary, re-exported so studies read it from the registry
+from dynamics.meanflow.tasks import TaskSpec as TaskSpec
+from dynamics.meanflow.tasks import bin_label as bin_label
+from dynamics.meanflow.tasks import dt_bin as dt_bin
 from dynamics.results import config_hash
 
 
@@ -72,7 +81,7 @@ class ScaleSettings:
 # The cpu numbers are sized so that every study's reference runs are in the learning regime (the binding one: the
 # 40-epoch v-only parent of O2/O3/O1-fixed-budget, whose 32-NFE v must reach 10% of the noise-to-data distance)
 # and the whole reproduction fits in 45 minutes on 2 cores with 2 runs at once (README, "where the time goes";
-# `dynamics run all --scale cpu --dry-run` prints the estimate, rates in dynamics/launch.py). EMA 0.99: a 100-step
+# `dynamics run all --scale cpu --dry-run` prints the estimate, rates in dynamics/launch/cost.py). EMA 0.99: a 100-step
 # average, short next to the shortest run (40 epochs = 1,200 steps; the preset's 0.999 still holds 30% of the
 # initial weights after 1,200 steps). Evaluation: 4,096 samples (floor 5.7% of the ceiling against 7.1% at 2,048,
 # so the 10% bar is not at the floor) with sliced W2 only (the studies' metric; energy distance is O(n^2) and cost
@@ -176,35 +185,58 @@ def joint(epochs: float) -> PhaseConfig:
     return PhaseConfig(epochs=float(epochs), terms="both")
 
 
-def dt_bin(lo: float, hi: float) -> SamplerConfig:
-    """O2's sampler: dt uniform in [lo, hi], t uniform in [dt, 1]."""
-    return SamplerConfig(kind="dt_bin", dt_min=lo, dt_max=hi)
+def prefix_phases(cfg: RunConfig, epoch: float) -> list[PhaseConfig]:
+    """`cfg`'s phases over its first `epoch` epochs (the last one cut at `epoch`): what a child continuing
+    its checkpoint at `epoch` has already trained."""
+    out: list[PhaseConfig] = []
+    start = 0.0
+    for phase in cfg.phases:
+        if start >= epoch:
+            break
+        part = copy.deepcopy(phase)
+        part.epochs = float(min(phase.epochs, epoch - start))
+        out.append(part)
+        start += phase.epochs
+    return out
 
 
-def bin_label(lo: float, hi: float) -> str:
-    return f"[{lo:g},{hi:g}]"
-
-
-def start_from(cfg: RunConfig, parent_key: str, epoch: float) -> RunConfig:
-    """Make `cfg` continue the run `parent_key` (same study, same seed) from its checkpoint at `epoch`."""
-    cfg.init.run_dir = "@" + parent_key
-    cfg.init.epoch = float(epoch)
-    return cfg
+def continue_from(parent: RunSpec, key: str, epoch: float, then: list[PhaseConfig],
+                  tags: dict[str, Any] | None = None, config: RunConfig | None = None) -> RunSpec:
+    """A run `key` that continues `parent` (a run of the same grid) from its checkpoint at `epoch`, then trains
+    the phases `then`. Its config is `config` (default: the parent's) with the parent's phases up to `epoch`
+    as its prefix; the parent's config keeps that epoch's checkpoint (`train.keep_epochs`)."""
+    if parent.config is None or parent.shared_from:
+        raise RegistryError(f"continue_from: run {key!r} continues {parent.key!r}, a shared run; continue a run "
+                            "of this study (or share the whole chain from its owner)")
+    length = sum(p.epochs for p in parent.config.phases)
+    if not 0 < epoch <= length:
+        raise RegistryError(f"continue_from: run {key!r} continues {parent.key!r} at epoch {epoch:g}; the parent "
+                            f"trains {length:g} epochs, so choose 0 < epoch <= {length:g}")
+    keep = parent.config.train.keep_epochs
+    if float(epoch) not in keep:
+        keep.append(float(epoch))
+    cfg = copy.deepcopy(config if config is not None else parent.config)
+    cfg.train.keep_epochs = [] if config is None else cfg.train.keep_epochs
+    cfg.init = InitConfig()
+    cfg.phases = prefix_phases(parent.config, epoch) + [copy.deepcopy(p) for p in then]
+    return RunSpec(key, cfg, tags=dict(tags or {}), parent=ParentRef(parent.key, float(epoch)))
 
 
 def v_pretrain_then_u(scale: str, e_v_values: tuple[int, ...], u_epochs: Callable[[int], float]) -> list[RunSpec]:
     """O1's grid shape: one shared v-only run of max(E_v) epochs (checkpoints kept at each E_v), and per E_v a
     fine-tune that continues its checkpoint with `u_epochs(E_v)` epochs of u-only training (E_v = 0: u alone)."""
-    parent = base_config(scale, shared_prefix=True)
-    parent.phases = [v_only(max(e_v_values))]
-    parent.train.keep_epochs = [float(e) for e in e_v_values if e > 0]
-    runs = [RunSpec("v-pretrain", parent, tags={"role": "v-pretrain", "v_epochs": max(e_v_values)})]
+    parent_cfg = base_config(scale, shared_prefix=True)
+    parent_cfg.phases = [v_only(max(e_v_values))]
+    parent = RunSpec("v-pretrain", parent_cfg, tags={"role": "v-pretrain", "v_epochs": max(e_v_values)})
+    runs = [parent]
     for e_v in e_v_values:
-        cfg = base_config(scale, shared_prefix=True)
-        cfg.phases = ([v_only(e_v)] if e_v else []) + [u_only(u_epochs(e_v))]
+        tags = {"role": "fine-tune", "E_v": e_v, "E_u": u_epochs(e_v)}
         if e_v:
-            start_from(cfg, "v-pretrain", e_v)
-        runs.append(RunSpec(f"E_v={e_v}", cfg, tags={"role": "fine-tune", "E_v": e_v, "E_u": u_epochs(e_v)}))
+            runs.append(continue_from(parent, f"E_v={e_v}", e_v, [u_only(u_epochs(e_v))], tags))
+        else:
+            cfg = base_config(scale, shared_prefix=True)
+            cfg.phases = [u_only(u_epochs(e_v))]
+            runs.append(RunSpec(f"E_v={e_v}", cfg, tags=tags))
     return runs
 
 
@@ -212,9 +244,19 @@ def v_pretrain_then_u(scale: str, e_v_values: tuple[int, ...], u_epochs: Callabl
 # study description
 
 
+@dataclass(frozen=True)
+class ParentRef:
+    """The run a child continues: its key in the same grid (Study.runs adds the seed suffix) and the epoch of
+    the checkpoint the child starts from."""
+
+    key: str
+    epoch: float
+
+
 @dataclass
 class RunSpec:
     """One run of a grid: a key unique within the study, its config, the runs it waits for, analysis tags.
+    `parent`: the run whose checkpoint it continues (built by `continue_from`), which it also waits for.
 
     `shared_from="<study>:<key>"` makes this grid point another study's run (see `shared`): Study.runs fills
     `config`, `hash` and `owner` (the study whose directory holds it) from that run."""
@@ -228,6 +270,7 @@ class RunSpec:
     owner: str = ""  # filled by Study.runs for a shared run: the study that trains it
     owner_key: str = ""  # ... and its key there (with the seed suffix)
     owner_tags: dict[str, Any] = field(default_factory=dict)
+    parent: ParentRef | None = None
 
 
 def shared(study: str, key: str, as_key: str, tags: dict[str, Any]) -> RunSpec:
@@ -355,15 +398,6 @@ FINE_TUNE_BAR = 0.30  # 1-NFE u of O1's u-only fine-tunes, which never see the j
 SMALL_DT_V_BAR = 0.20  # 32-NFE v of O3's small-dt u-only warm-up: O2 says small dt builds v, not that it matches v-only
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task for task affinity (TAS): a loss term (v: t = r, u: t != r) on a (t, r) sampler."""
-
-    name: str
-    terms: str
-    sampler: SamplerConfig | None = None
-
-
 @dataclass
 class Study:
     name: str
@@ -425,9 +459,10 @@ class Study:
             cfg.train.seed = seed
             cfg.scale = scale
             cfg.name = f"{self.name}/{s.key}{suffix}"
-            deps = list(s.depends_on)
             if cfg.init.run_dir.startswith("@"):
-                deps.append(cfg.init.run_dir[1:])
+                raise RegistryError(f"study {self.name}, run {s.key}: init.run_dir={cfg.init.run_dir!r}; a run of "
+                                    "the grid is continued with continue_from(parent, key, epoch, then)")
+            deps = list(s.depends_on) + ([s.parent.key] if s.parent else [])
             for d in deps:
                 if d not in keys:
                     raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, which is not in "
@@ -436,16 +471,18 @@ class Study:
                     raise RegistryError(f"study {self.name}: run {s.key!r} depends on {d!r}, a shared run; start "
                                         "from a run of this study (or share the whole chain from its owner)")
             tags = {**s.tags, "seed": seed}
-            by_key[s.key + suffix] = RunSpec(s.key + suffix, cfg, [d + suffix for d in dict.fromkeys(deps)], tags)
+            parent = ParentRef(s.parent.key + suffix, s.parent.epoch) if s.parent else None
+            by_key[s.key + suffix] = RunSpec(s.key + suffix, cfg, [d + suffix for d in dict.fromkeys(deps)], tags,
+                                             parent=parent)
         ordered = _topological(by_key, self.name)
         hashes: dict[str, str] = {}
         for spec in ordered:
             if spec.owner:
                 continue
             cfg = spec.config
-            if cfg.init.run_dir.startswith("@"):
-                parent = cfg.init.run_dir[1:] + suffix
-                cfg.init.run_dir = f"{scale}/{self.name}/{hashes[parent]}"
+            if spec.parent is not None:  # the parent's directory relative to the results root, and its epoch
+                cfg.init.run_dir = f"{scale}/{self.name}/{hashes[spec.parent.key]}"
+                cfg.init.epoch = spec.parent.epoch
             try:
                 cfg.validate()
             except ConfigError as exc:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dynamics.affinity import (
-    STUDY_VARIANTS,
     AffinityError,
     affinity_matrix,
     cosine_matrix,
@@ -24,9 +23,11 @@ from dynamics.config import apply_overrides, preset
 from dynamics.launch import launch
 from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample_sq_norm
 from dynamics.meanflow.target import mean_flow_target
+from dynamics.meanflow.tasks import TaskSpec, dt_bin
 from dynamics.models.mlp import MLP
+from dynamics.study_tas import STUDY_VARIANTS
 from dynamics.train import train
-from experiments.registry import TaskSpec, dt_bin, get_study
+from experiments.registry import get_study
 
 O3_TASKS = "v,u[0.1,0.3],u[0.3,0.5],u[0.5,0.7],u[0.7,0.9]"
 

@@ -108,14 +108,14 @@ def test_image_grid_rows_are_classes_and_blocks_are_samplers():
 
 
 def test_class_accuracy_of_real_digits_and_of_wrong_labels(tmp_path, monkeypatch):
-    from dynamics.metrics import fid
+    from dynamics.metrics import digits_fd, fid
 
     monkeypatch.setenv("DYNAMICS_CACHE", str(tmp_path))
-    fid._cached_classifier.cache_clear()
+    digits_fd._cached_classifier.cache_clear()
     test = Digits("test")
     assert fid.digits_class_accuracy(test.x, test.y) > 0.95
     assert fid.digits_class_accuracy(test.x, (test.y + 1) % 10) < 0.05
-    fid._cached_classifier.cache_clear()
+    digits_fd._cached_classifier.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dynamics.data.digits import Digits, real_images
-from dynamics.metrics import fid
+from dynamics.metrics import digits_fd, fid, inception
 
 # --------------------------------------------------------------------------------------------------
 # frechet_distance
@@ -70,7 +70,7 @@ def test_second_call_loads_from_cache(cache, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("retrained although the classifier is cached")
 
-    monkeypatch.setattr(fid, "train_digits_classifier", no_training)
+    monkeypatch.setattr(digits_fd, "train_digits_classifier", no_training)  # where the loader calls it
     model = fid.load_digits_classifier()
     assert model.test_accuracy > 0.95
     fid.digits_fd(real_images(50))
@@ -85,6 +85,8 @@ def test_classifier_training_is_deterministic(cache):
 
 
 def test_extractor_is_registered_and_reads_torch_fidelity_images(cache):
+    fid.register_extractor()  # digits_fd registers it on first use; registering again is a no-op
+    fid.register_extractor()
     assert FEATURE_EXTRACTORS_REGISTRY[fid.EXTRACTOR_NAME] is fid.DigitsFeatureExtractor
     extractor = fid.DigitsFeatureExtractor(fid.EXTRACTOR_NAME, ["64", "logits"])
     images = fid.to_uint8(real_images(16))
@@ -189,7 +191,7 @@ def test_inception_fid_plumbing(tmp_path, monkeypatch, no_network):
         FeatureExtractorInceptionV3, "forward", lambda self, x: (x.float().flatten(1)[:, :2048],)
     )
     calls = []
-    monkeypatch.setattr(fid, "frechet_distance", lambda *stats: calls.append(stats) or 1.5)
+    monkeypatch.setattr(inception, "frechet_distance", lambda *stats: calls.append(stats) or 1.5)  # where it is called
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -70,7 +70,7 @@ def test_cpu_variant_runs_every_section_and_passes(tmp_path):
 def test_calibrated_rates_feed_the_cost_model(tmp_path, monkeypatch):
     gpu_check = load_gpu_check()
     rates = tmp_path / "measured_rates.json"
-    monkeypatch.setattr(launch, "MEASURED_RATES_FILE", rates)
+    monkeypatch.setattr(launch.cost, "MEASURED_RATES_FILE", rates)  # the cost model reads it there
     cfg = preset("b4")
     builtin = launch.estimate_seconds(cfg, 0)
     assert launch.step_rate("b4").origin.startswith("built-in")

@@ -160,12 +160,16 @@ def test_strategies_run_under_bf16_autocast(strategy):
 
 
 def test_config_offers_every_strategy():
+    import typing
+
+    from dynamics.config import RunConfig
+
+    allowed = typing.get_args(typing.get_type_hints(ObjectiveConfig)["jvp"])  # the Literal the config checks
+    assert set(allowed) == set(JVP_STRATEGIES) and ObjectiveConfig().jvp in JVP_STRATEGIES
     for strategy in JVP_STRATEGIES:
-        cfg = ObjectiveConfig(jvp=strategy)
-        cfg.validate()
-    assert ObjectiveConfig().jvp in JVP_STRATEGIES
-    with pytest.raises(ConfigError):
-        ObjectiveConfig(jvp="fd").validate()
+        RunConfig(objective=ObjectiveConfig(jvp=strategy)).validate()
+    with pytest.raises(ConfigError, match="objective.jvp='fd' is not allowed"):
+        RunConfig(objective=ObjectiveConfig(jvp="fd")).validate()
 
 
 def test_step_cost_quick_writes_records(tmp_path, capsys, monkeypatch):

@@ -16,7 +16,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from dynamics.cli import main as cli_main
 from dynamics.config import ConfigError, InitConfig, RunConfig
-from dynamics.launch import _readiness, absolute_init, launch, load_profile, plan, slurm_parameters
+from dynamics.launch import absolute_init, launch, load_profile, plan, readiness, slurm_parameters
 from dynamics.results import (
     JOB_FILE,
     checkpoint_path,
@@ -159,13 +159,20 @@ def test_children_wait_for_the_checkpoint_they_need(tmp_path):
     runs = plan([study], "smoke", tmp_path)
     by_uid = {r.uid: r for r in runs}
     parent, e5, e10 = (by_uid[f"o1-v-first:{k}/s0"] for k in ("v-pretrain", "E_v=5", "E_v=10"))
-    assert _readiness(e5, by_uid, {parent.uid}) == "wait"
+    assert readiness(e5, by_uid, {parent.uid}).state == "wait"
     ckpt = checkpoint_path(parent.run_dir, 5)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
-    assert _readiness(e5, by_uid, {parent.uid}) == "ready"
-    assert _readiness(e10, by_uid, {parent.uid}) == "wait"
-    assert _readiness(e10, by_uid, set()) == "blocked"  # the parent ended without epoch 10
+    assert readiness(e5, by_uid, {parent.uid}).state == "ready"
+    assert readiness(e10, by_uid, {parent.uid}).state == "wait"
+    assert readiness(e10, by_uid, set()).state == "blocked"  # the parent ended without epoch 10
+    assert readiness(e10, by_uid, {parent.uid}).waits_on == (parent.uid,)
+    assert readiness(e10, by_uid, set()).blocked_by == parent.uid
+    own = checkpoint_path(e10.run_dir)  # a child with its own checkpoint resumes from it: no parent needed
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"")
+    assert readiness(e10, by_uid, set()).state == "ready"
+    own.unlink()
 
     write_status(parent.run_dir, "failed", step=7, total_steps=20, error="boom")
     actions = {r.spec.key: r.action for r in plan([study], "smoke", tmp_path)}

@@ -270,3 +270,19 @@ def test_target_is_float32_under_bf16_autocast(strategy):
     assert out.target.dtype == torch.float32
     err = (out.target.double() - ref.target).abs().max() / ref.target.abs().max()
     assert err < 1e-5, err
+
+
+def test_draw_is_typed_and_replays_the_step():
+    """The loss's randomness is a Draw (v rows first, r = t there); replaying it gives __call__'s loss."""
+    from dynamics.meanflow import Draw
+
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.25)
+    model = MLP(width=16, depth=2)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    d = loss_fn.draw(x, None, torch.Generator().manual_seed(1))
+    assert isinstance(d, Draw) and d.n_v == 8 and d.e.shape == x.shape
+    assert torch.equal(d.t[:8], d.r[:8]) and bool((d.r[8:] < d.t[8:]).all())
+    t, r, e, y, n_v = d  # unpacks as the 5-tuple it replaces
+    assert y is None and n_v == 8 and t is d.t
+    direct = loss_fn(model, x, None, torch.Generator().manual_seed(1), step=3)
+    assert torch.equal(loss_fn.loss_at(model, x, d, step=3).loss, direct.loss)

@@ -23,7 +23,7 @@ CPU_STORE = ROOT / "results"
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> Path:
     """Every study at smoke scale (1 seed, 1 step per epoch) and O3's TAS: the store all notebooks read."""
-    from dynamics.affinity import study_affinity
+    from dynamics.study_tas import study_affinity
 
     root = tmp_path_factory.mktemp("smoke_store")
     launch(all_studies(), "smoke", executor="debug", root=root, progress=False)

@@ -11,17 +11,19 @@ from experiments.registry import (
     SCALE_SETTINGS,
     Finding,
     Metric,
+    ParentRef,
     RegistryError,
     RunSpec,
     Study,
     all_studies,
     base_config,
+    continue_from,
     get_study,
     joint,
     paper_method,
     register,
     register_from_module,
-    start_from,
+    u_only,
     v_only,
 )
 
@@ -232,10 +234,16 @@ def test_shared_run_must_exist_and_have_no_parents():
     def child_of_shared(scale):
         cfg = base_config(scale, shared_prefix=True)
         cfg.phases = [v_only(40), joint(1)]
-        return [shared("o2-interval-bins", "v-pretrain", "p", {}), RunSpec("c", start_from(cfg, "p", 40))]
+        return [shared("o2-interval-bins", "v-pretrain", "p", {}), RunSpec("c", cfg, parent=ParentRef("p", 40))]
+
+    def continue_shared(scale):
+        p = shared("o2-interval-bins", "v-pretrain", "p", {})
+        return [p, continue_from(p, "c", 40, [joint(1)])]
 
     with pytest.raises(RegistryError, match="a shared run"):
         Study("bad-chain", "q", Metric("m"), Finding("c", "h", "trend", "x"), grid=child_of_shared).runs("smoke")
+    with pytest.raises(RegistryError, match="a shared run"):
+        Study("bad-chain", "q", Metric("m"), Finding("c", "h", "trend", "x"), grid=continue_shared).runs("smoke")
 
 
 def test_cfg_robustness_only_class_conditional():
@@ -259,15 +267,30 @@ def test_hashes_are_deterministic_and_root_independent():
 
 def _toy_grid(lr: float):
     def grid(scale: str) -> list[RunSpec]:
-        parent = base_config(scale, shared_prefix=True)
-        parent.phases = [v_only(2)]
-        parent.train.lr = lr
-        parent.train.keep_epochs = [2.0]
-        child = base_config(scale, shared_prefix=True)
-        child.phases = [v_only(2), joint(2)]
-        start_from(child, "parent", 2)
-        return [RunSpec("child", child), RunSpec("parent", parent)]  # out of order on purpose
+        cfg = base_config(scale, shared_prefix=True)
+        cfg.phases = [v_only(2)]
+        cfg.train.lr = lr
+        parent = RunSpec("parent", cfg)
+        return [continue_from(parent, "child", 2, [joint(2)]), parent]  # out of order on purpose
     return grid
+
+
+def test_continue_from_derives_the_prefix_and_the_kept_epochs():
+    cfg = base_config("smoke", shared_prefix=True)
+    cfg.phases = [v_only(3), joint(4)]
+    parent = RunSpec("p", cfg)
+    a = continue_from(parent, "a", 5, [u_only(2)], {"x": 1})
+    b = continue_from(parent, "b", 3, [joint(1)])
+    continue_from(parent, "c", 5, [joint(1)])  # the same epoch again: kept once
+    assert phases(a) == [(3.0, "v"), (2.0, "both"), (2.0, "u")] and phases(b) == [(3.0, "v"), (1.0, "both")]
+    assert a.parent == ParentRef("p", 5.0) and a.tags == {"x": 1} and a.config.train.keep_epochs == []
+    assert parent.config.train.keep_epochs == [5.0, 3.0] and phases(parent) == [(3.0, "v"), (4.0, "both")]
+    study = Study("toy-cont", "q", Metric("m"), Finding("c", "h", "trend", "x"), lambda scale: [parent, a])
+    runs = {r.key: r for r in study.runs("smoke", seeds=2)}
+    child = runs["a/s1"]
+    assert child.parent == ParentRef("p/s1", 5.0) and child.depends_on == ["p/s1"]
+    assert child.config.init.run_dir == f"smoke/toy-cont/{runs['p/s1'].hash}" and child.config.init.epoch == 5.0
+    assert runs["a/s0"].config.init.run_dir == f"smoke/toy-cont/{runs['p/s0'].hash}"
 
 
 def test_child_hash_follows_parent_config():
@@ -282,9 +305,12 @@ def test_child_hash_follows_parent_config():
 
 def test_bad_grids_and_names_fail_clearly():
     def missing(scale):
+        return [RunSpec("a", base_config(scale), parent=ParentRef("nope", 1))]
+
+    def string_parent(scale):
         cfg = base_config(scale)
-        start_from(cfg, "nope", 1)
-        return [RunSpec("a", cfg)]
+        cfg.init.run_dir = "@b"
+        return [RunSpec("a", cfg), RunSpec("b", base_config(scale))]
 
     def cyclic(scale):
         return [RunSpec("a", base_config(scale), depends_on=["b"]), RunSpec("b", base_config(scale), depends_on=["a"])]
@@ -294,6 +320,12 @@ def test_bad_grids_and_names_fail_clearly():
         Study("bad", "q", Metric("m"), finding, missing).runs("smoke")
     with pytest.raises(RegistryError, match="cycle"):
         Study("bad", "q", Metric("m"), finding, cyclic).runs("smoke")
+    with pytest.raises(RegistryError, match="continue_from"):
+        Study("bad", "q", Metric("m"), finding, string_parent).runs("smoke")
+    parent = RunSpec("p", base_config("smoke"))
+    parent.config.phases = [v_only(5)]
+    with pytest.raises(RegistryError, match="choose 0 < epoch <= 5"):
+        continue_from(parent, "c", 6, [joint(1)])
     with pytest.raises(RegistryError, match="unknown study 'nope'"):
         get_study("nope")
     with pytest.raises(RegistryError, match="scale='tiny'"):

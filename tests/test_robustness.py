@@ -214,3 +214,15 @@ def test_job_failing_before_its_trainer_starts_records_why(tmp_path):
         RunJob(1)({"train": {"bogus": 1}}, str(tmp_path / "run"), str(tmp_path))
     status = read_status(tmp_path / "run")
     assert status["state"] == "failed" and "bogus" in status["error"]
+
+
+def test_allowed_values_are_checked_once_from_the_config_types():
+    """Every Literal field, however deep (a phase's sampler), is checked by RunConfig.validate with its key."""
+    from dynamics.config import ConfigError, PhaseConfig, RunConfig, SamplerConfig
+
+    cfg = RunConfig(phases=[PhaseConfig(), PhaseConfig(sampler=SamplerConfig(kind="beta"))])
+    with pytest.raises(ConfigError, match=r"phases.1.sampler.kind='beta' is not allowed; choose one of logit_normal, "
+                                          r"uniform, dt_bin"):
+        cfg.validate()
+    with pytest.raises(ConfigError, match="train.precision='fp16' is not allowed"):
+        RunConfig.from_dict({"train": {"precision": "fp16"}})  # also when read from a dict

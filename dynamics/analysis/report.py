@@ -81,7 +81,7 @@ def convergence_verdict(study, evals: pd.DataFrame, metric_name: str) -> tuple[V
     return Verdict(study.name, f.claim, verdict, mean, low, high, n, detail), pd.DataFrame(table)
 
 
-# O3's headline TAS variant (dynamics.affinity.DEFAULT_VARIANT; analysis reads results only, so named here).
+# O3's headline TAS variant (dynamics.study_tas.DEFAULT_VARIANT; analysis reads results only, so named here).
 TAS_DEFAULT_VARIANT = "b: grad step of equal length"
 
 
@@ -301,13 +301,14 @@ def study_analysis(study, scale: str, root: Path, evals: pd.DataFrame,
     return StudyAnalysis(verdict, table, regime, values, blowup_table(values), curves, hue)
 
 
-def analyze_named(name: str, scale: str, root: str | Path) -> StudyAnalysis:
-    """A registered study's analysis read from a results store (what the notebooks call)."""
-    from experiments.registry import get_study  # the registry is data; imported here so analysis stays standalone
+def analyze_named(study, scale: str, root: str | Path) -> StudyAnalysis:
+    """A study's analysis read from a results store (what the notebooks call with `get_study(name)`).
 
-    study = get_study(name)
-    evals = load_results(root, study=name, scale=scale, kind="evals")
-    runs = load_results(root, study=name, scale=scale, kind="runs")
+    The study is passed in, not looked up: analysis reads results and never imports the registry."""
+    if isinstance(study, str):
+        raise TypeError(f"analyze_named takes the Study, e.g. analyze_named(get_study({study!r}), ...)")
+    evals = load_results(root, study=study.name, scale=scale, kind="evals")
+    runs = load_results(root, study=study.name, scale=scale, kind="runs")
     return study_analysis(study, scale, Path(root), evals, runs)
 
 

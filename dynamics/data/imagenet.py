@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..results import atomic_path, atomic_write_json
+from ..rng import stream_numpy
 
 SCALE_FACTOR = 0.18215
 VAE_NAME = "stabilityai/sd-vae-ft-mse"
@@ -164,7 +165,7 @@ class LatentShards:
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
         key = (seed, epoch)
         if self._perm_cache is None or self._perm_cache[0] != key:
-            self._perm_cache = (key, np.random.default_rng([seed, 0, epoch]).permutation(len(self)))
+            self._perm_cache = (key, stream_numpy(seed, "data", epoch).permutation(len(self)))
         return self._perm_cache[1]
 
     def batch_indices(self, step: int, batch_size: int, seed: int, rank: int = 0,
@@ -196,7 +197,7 @@ class LatentShards:
         x, y = self.get(idx)
         if flip:
             local = batch_size // world_size
-            coins = np.random.default_rng([seed, 1, step]).random(batch_size) < 0.5
+            coins = stream_numpy(seed, "flip", step).random(batch_size) < 0.5
             mine = torch.from_numpy(coins[rank * local:(rank + 1) * local])
             x = torch.where(mine[:, None, None, None], x.flip(-1), x)
         return x, y

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def step_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded by (seed, *keys): stateless batches, so resume needs no loader state."""
-    entropy = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(entropy[0] >> np.uint64(1)))
+from ..rng import stream
 
 
 def _moons(n: int, g: torch.Generator) -> Tensor:
@@ -83,12 +78,12 @@ class ToyDataset:
         if batch_size % world_size != 0:
             raise ValueError(f"global batch {batch_size} is not divisible by world_size {world_size}")
         local = batch_size // world_size
-        x = self.sample(batch_size, step_generator(seed, 0, step))
+        x = self.sample(batch_size, stream(seed, "data", step))
         return x[rank * local:(rank + 1) * local], None
 
     def reference(self, n: int, seed: int) -> Tensor:
         """Fresh samples of the true distribution (a stream the training batches never use)."""
-        return self.sample(n, step_generator(seed, 1))
+        return self.sample(n, stream(seed, "reference"))
 
 
 def gaussian_mean_flow(z: Tensor, r: Tensor, t: Tensor, mean: Tensor, scale: Tensor) -> Tensor:

@@ -27,6 +27,21 @@ class VTimeCurriculum(Protocol):
 
 
 @dataclass
+class Draw:
+    """The randomness of one step: (t, r) with the `n_v` v rows (r = t) first, the noise e, the labels after
+    class dropout. Unpacks as (t, r, e, y, n_v)."""
+
+    t: Tensor
+    r: Tensor
+    e: Tensor
+    y: Tensor | None
+    n_v: int
+
+    def __iter__(self):
+        return iter((self.t, self.r, self.e, self.y, self.n_v))
+
+
+@dataclass
 class LossOutput:
     loss: Tensor  # the scalar to back-propagate
     loss_v: Tensor  # mean D over the v rows (nan when the batch has none); 0-d, detached
@@ -79,7 +94,7 @@ class MeanFlowLoss:
         self.cfg, self.num_classes = cfg, num_classes
         self.jvp_strategy = jvp_strategy
 
-    def draw(self, x: Tensor, y: Tensor | None, gen: torch.Generator):
+    def draw(self, x: Tensor, y: Tensor | None, gen: torch.Generator) -> Draw:
         """The randomness of one step: (t, r) laid out v rows first, noise e, class dropout."""
         n = len(x)
         n_v = round(n * self.ratio_r_eq_t)
@@ -88,7 +103,7 @@ class MeanFlowLoss:
         e = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         if self.cfg is not None and y is not None:
             y = torch.where(self.dropped_rows(n, gen, x.device), torch.full_like(y, self.num_classes), y)
-        return t.to(x.dtype), r.to(x.dtype), e, y, n_v
+        return Draw(t.to(x.dtype), r.to(x.dtype), e, y, n_v)
 
     def dropped_rows(self, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
         """CFG class dropout mask. `leading` (the official code): as many rows as a Bernoulli draw per row
@@ -100,8 +115,12 @@ class MeanFlowLoss:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None, gen: torch.Generator,
                  step: int = 0) -> LossOutput:
-        t, r, e, y, n_v = self.draw(x, y, gen)
-        return self.loss(model, x, e, t, r, y, n_v=n_v, step=step, gen=gen)
+        return self.loss_at(model, x, self.draw(x, y, gen), step, gen)
+
+    def loss_at(self, model: nn.Module, x: Tensor, d: Draw, step: int = 0,
+                gen: torch.Generator | None = None) -> LossOutput:
+        """The loss for a given draw (TAS replays one draw before and after a lookahead step)."""
+        return self.loss(model, x, d.e, d.t, d.r, d.y, n_v=d.n_v, step=step, gen=gen)
 
     def loss(self, model: nn.Module, x: Tensor, e: Tensor, t: Tensor, r: Tensor, y: Tensor | None,
              n_v: int | None = None, step: int = 0, gen: torch.Generator | None = None) -> LossOutput:

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data.toy2d import ToyDataset, step_generator
+from ..data.toy2d import ToyDataset
 from ..meanflow.sampling import generate
+from ..rng import stream
 from .toy import TOY_METRICS
 
-_EVAL_STREAM = 3  # generator stream id for evaluation noise (data uses 0/1, the objective 2)
 DIGITS_METRICS = ("fd_digits", "class_acc")
 
 
@@ -30,7 +30,7 @@ class Evaluator:
         self.cfg, self.dataset, self.device = cfg, dataset, device
         self.ecfg = cfg.eval
         n = self.ecfg.num_samples
-        g = step_generator(cfg.train.seed, _EVAL_STREAM)
+        g = stream(cfg.train.seed, "evaluation")
         self.noise = torch.randn(n, *dataset.shape, generator=g)
         self.labels = (torch.randint(0, dataset.num_classes, (n,), generator=g)
                        if getattr(dataset, "num_classes", 0) > 0 else None)

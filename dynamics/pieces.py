@@ -1,0 +1,96 @@
+"""Curriculum pieces registered by name: an alpha(t) (the v-term weight) or a beta(dt, step) (the u-term weight).
+
+A piece is a factory `build(ctx, params) -> callable`, registered with `@register_piece(kind, name, params=...)`
+from any module; a config names it (`objective.alpha=my_weight`) and sets its typed parameters
+(`objective.alpha_params.power=2`), which are checked against the piece's parameter dataclass like the
+built-in fields. The paper's own pieces (MinSNR alpha, progressive beta) are registered the same way, by
+`dynamics.curriculum`; their parameters stay the config's own fields (`objective.minsnr_gamma`, `beta_k`).
+
+Runs execute in other processes and are reloaded later, so a config records the modules its pieces come
+from (`RunConfig.modules`, filled by validation) and every process imports them before it builds the
+objective (`import_modules`). This module imports nothing of the library: config validation reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("alpha", "beta")
+PAPER_MODULE = "dynamics.curriculum"  # registers the paper's pieces, imported like a user's module
+
+
+@dataclass(frozen=True)
+class PieceContext:
+    """What a piece may depend on: the phase's (t, r) sampler, the objective's base sampler (whose v-row t
+    distribution alpha normalises against), the run's optimiser steps, and the objective config."""
+
+    sampler: Any  # dynamics.meanflow.samplers.TimeSampler of the phase
+    base_sampler: Any
+    total_steps: int
+    objective: Any  # dynamics.config.ObjectiveConfig
+
+
+@dataclass(frozen=True)
+class Piece:
+    kind: str
+    name: str
+    build: Callable[[PieceContext, Any], Callable]
+    params: type | None
+    module: str
+
+
+class PieceError(ValueError):
+    """A bad registration or an unknown module; the message names the value and what is allowed."""
+
+
+_PIECES: dict[tuple[str, str], Piece] = {}
+
+
+def register_piece(kind: str, name: str, params: type | None = None) -> Callable:
+    """Decorator over `build(ctx: PieceContext, params) -> alpha(t) | beta(dt, step)`. `params`: a dataclass of
+    the piece's parameters (defaults required), built from `objective.<kind>_params` and type-checked."""
+    if kind not in KINDS:
+        raise PieceError(f"register_piece: kind={kind!r}; allowed: {', '.join(KINDS)}")
+    if name == "none":
+        raise PieceError("register_piece: 'none' means no piece; choose another name")
+    if params is not None and not dataclasses.is_dataclass(params):
+        raise PieceError(f"register_piece({kind!r}, {name!r}): params must be a dataclass")
+
+    def decorator(build: Callable) -> Callable:
+        old = _PIECES.get((kind, name))
+        if old is not None and old.module != build.__module__:
+            raise PieceError(f"{kind} piece {name!r} is already registered by module {old.module}")
+        _PIECES[(kind, name)] = Piece(kind, name, build, params, build.__module__)
+        return build
+
+    return decorator
+
+
+def import_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import the paper's pieces and `modules` (a run's recorded modules, or --register), once each."""
+    for module in (PAPER_MODULE, *modules):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            raise PieceError(f"modules: cannot import {module!r} ({exc}); the module that registers the run's "
+                             "curriculum pieces must be importable (PYTHONPATH) in every process") from None
+
+
+def names(kind: str) -> list[str]:
+    return ["none"] + sorted(n for k, n in _PIECES if k == kind)
+
+
+def get_piece(kind: str, name: str) -> Piece | None:
+    """The registered piece (None for "none"); the paper's pieces are imported first."""
+    import_modules()
+    if name == "none":
+        return None
+    if (kind, name) not in _PIECES:
+        raise PieceError(f"objective.{kind}={name!r} is not a registered {kind} piece; allowed: "
+                         f"{', '.join(names(kind))} (register one with @register_piece in a module given to "
+                         "--register)")
+    return _PIECES[(kind, name)]
