@@ -8,6 +8,7 @@ labels, so it runs from the digits scale up; the toy 2-D scales have no runs.
 from __future__ import annotations
 
 from .registry import (
+    NOT_AT_DIGITS,
     SCALE_SETTINGS,
     U_BAR,
     Finding,
@@ -32,7 +33,8 @@ UNCONDITIONAL = "needs class-conditional data (digits and up); the toy 2-D data 
     finding=Finding("the improvement holds for every (w, kappa)",
                     holds_if="full < vanilla at every (w, kappa) setting", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
-    unsupported={scale: UNCONDITIONAL for scale, s in SCALE_SETTINGS.items() if not s.class_conditional},
+    unsupported={**NOT_AT_DIGITS,
+                 **{scale: UNCONDITIONAL for scale, s in SCALE_SETTINGS.items() if not s.class_conditional}},
     reference=(Reference({"arm": "vanilla"}, U_BAR, label="vanilla"),),
     notes=(f"method: {paper_method('cfg-robustness')} at every scale (the paper's method at M/2, L/2, XL/2)",),
 )

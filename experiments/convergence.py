@@ -12,7 +12,7 @@ these evaluations.
 
 from __future__ import annotations
 
-from .registry import U_BAR, Finding, Metric, Reference, RunSpec, paper_method, register, shared
+from .registry import NOT_AT_DIGITS, U_BAR, Finding, Metric, Reference, RunSpec, paper_method, register, shared
 
 EPOCHS = 240
 EVERY = 8
@@ -23,6 +23,7 @@ EVERY = 8
     question="how much faster?",
     metric=Metric("epochs until the 1-NFE metric reaches vanilla's final value", sampler="u", nfe=(1,),
                   kind="epochs_to_target"),
+    unsupported=NOT_AT_DIGITS,
     finding=Finding("the full method reaches vanilla's final quality sooner (XL/2 2.5x, L/2 2.3x, M/2 2.1x)",
                     holds_if="speed-up = 240 / (full's epochs to vanilla's final metric, interpolated) > 1",
                     comparison="better", tag="arm", treatment="full", control="vanilla"),

@@ -6,6 +6,7 @@ k = 1 is the method's default, so that grid point is the main ablation's run of 
 from __future__ import annotations
 
 from .registry import (
+    NOT_AT_DIGITS,
     U_BAR,
     Finding,
     Metric,
@@ -26,6 +27,7 @@ EPOCHS = 240
     name="k-schedule",
     question="schedule speed",
     metric=Metric("1-NFE distance of u samples (FID at paper scale)", sampler="u", nfe=(1,)),
+    unsupported=NOT_AT_DIGITS,
     finding=Finding("k = 1 is best (B/4: k = 0.5 -> 11.16, 1 -> 10.20, 2 -> 11.44)",
                     holds_if="k = 1 gives the lowest 1-NFE metric", comparison="best", tag="k", treatment=1.0),
     reference=(Reference({"k": 1.0}, U_BAR, label="k = 1"),),

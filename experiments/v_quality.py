@@ -6,6 +6,7 @@ these evaluations."""
 from __future__ import annotations
 
 from .registry import (
+    NOT_AT_DIGITS,
     V_BAR,
     Finding,
     Metric,
@@ -25,6 +26,7 @@ EPOCHS = 240
     question="is the learned v better?",
     metric=Metric("32/64/128-NFE distance of v = u(z,t,t) samples (FID at paper scale)", sampler="v",
                   nfe=tuple(NFE_V)),
+    unsupported=NOT_AT_DIGITS,
     finding=Finding("the full method's v is better at every NFE",
                     holds_if="full < vanilla at 32, 64 and 128 NFE", comparison="better", tag="arm",
                     treatment="full", control="vanilla"),
