@@ -495,8 +495,14 @@ def section_fid(sz: Sizes, work: Path) -> Section:
         return sec
     from dynamics.config import RunConfig
     from dynamics.data.imagenet import SCALE_FACTOR
-    from dynamics.metrics.fid import feature_statistics, inception_features, inception_fid, load_reference_stats
-    from dynamics.metrics.paper_fid import MemmapImages, write_images
+    from dynamics.metrics.fid import (
+        ImageDataset,
+        feature_statistics,
+        inception_features,
+        inception_fid,
+        load_reference_stats,
+    )
+    from dynamics.metrics.paper_fid import write_images
     from dynamics.models import build_model
     from dynamics.results import checkpoint_path
 
@@ -519,7 +525,8 @@ def section_fid(sz: Sizes, work: Path) -> Section:
                               sz.fid_batch, device)
     sec.values["decode_s"] = round(time.perf_counter() - t0, 2)
     sec.values["images"] = [len(images), *images[0].shape]
-    reread = MemmapImages(work / "fid_u1.u8", (len(images), *images[0].shape))
+    shape = (len(images), *images[0].shape)
+    reread = ImageDataset(np.memmap(work / "fid_u1.u8", dtype=np.uint8, mode="r", shape=shape))
     sec.check("memmap_readback", len(reread) == sz.fid_samples and torch.equal(reread[len(reread) - 1],
                                                                                images[len(images) - 1]))
     t0 = time.perf_counter()

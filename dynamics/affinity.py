@@ -66,7 +66,7 @@ from .meanflow.loss import Draw, LossOutput, MeanFlowLoss
 from .meanflow.tasks import TaskSpec, bin_label, dt_bin
 from .results import CONFIG_FILE, checkpoint_path
 from .rng import stream_seed
-from .train import Trainer
+from .train import Diverged, Trainer
 
 METHODS = ("lookahead", "cosine")
 OPTIMIZERS = ("sgd", "sgd-length", "adam")
@@ -407,9 +407,10 @@ def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Ta
         for k in range(batches):
             if k > 0:
                 for _ in range(train_window):
-                    stats = trainer.train_step()
-                    if stats.get("diverged"):
-                        raise AffinityError(f"train_window: the loss went non-finite at step {trainer.step}")
+                    try:
+                        trainer.train_step()
+                    except Diverged:
+                        raise AffinityError(f"train_window: the loss went non-finite at step {trainer.step}") from None
             data_step = trainer.step if train_window else start_step + k
             x, y = trainer.dataset.batch(data_step, bs, run_cfg.train.seed)
             x = x.to(trainer.device).float()

@@ -359,7 +359,7 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the scale's)")
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--register", action="append", metavar="MODULE",
-                   help="import a module that registers more studies (repeatable)")
+                   help="import a module that registers studies and/or curriculum pieces (repeatable)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. data.path=/datasets/latents")
 
 
@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("studies", help="list the registered studies with their run counts per scale")
-    p.add_argument("--register", action="append", metavar="MODULE", help="import a module of more studies")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module of more studies or curriculum pieces")
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("run", help="run a study grid (skips finished runs, resumes interrupted ones)")
@@ -424,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=("debug", "local", "slurm"))
     p.add_argument("--profile", help="SLURM cluster profile, e.g. slurm/example.toml")
     p.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per core)")
-    p.add_argument("--register", action="append", metavar="MODULE", help="import a module of more studies")
+    p.add_argument("--register", action="append", metavar="MODULE",
+                   help="import a module of more studies or curriculum pieces")
     p.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. data.path=/datasets/latents")

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import ConfigError, RunConfig, phase_boundaries
 from .curriculum import DTDSchedule, build_objective
-from .data import build_dataset
+from .data import Dataset, build_dataset
 from .metrics.evaluate import Evaluator
 from .models import build_model
 from .results import (
@@ -123,6 +123,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+class Diverged(RuntimeError):
+    """A step's loss was not finite: the run ends as "diverged" (no update was applied)."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"non-finite loss {loss}")
+        self.loss = loss
+
+
 class Trainer:
     """Holds the state of one run; `run()` trains it to the end (or resumes it)."""
 
@@ -136,7 +144,7 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
-        self.dataset = build_dataset(cfg.data)
+        self.dataset: Dataset = build_dataset(cfg.data)
         self.num_classes = getattr(self.dataset, "num_classes", 0)
         self.model = build_model(cfg.model, tuple(self.dataset.shape), self.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -147,7 +155,8 @@ class Trainer:
         self.total_steps = self.bounds[-1]
         self.dtd = DTDSchedule(cfg.objective.dtd, self.total_steps) if cfg.objective.v_sampling == "dtd" else None
         self.step = 0
-        self.epoch_steps = {round(e * tc.steps_per_epoch): e for e in tc.keep_epochs}
+        self.kept_epoch_at_step = {round(e * tc.steps_per_epoch): e for e in tc.keep_epochs}
+        self._stop_after: int | None = None  # tests: stop right after this step's checkpoint, as a kill would
         self.evaluator = Evaluator(cfg, self.dataset, self.device)
         self.autocast = self.device.type == "cuda" and tc.precision in ("auto", "bf16")
         self._objectives: dict[int, object] = {}
@@ -185,8 +194,8 @@ class Trainer:
             os.link(last, prev_tmp)
             os.replace(prev_tmp, last.with_name(PREV_CKPT))
         atomic_torch_save(last, state)
-        if self.step in self.epoch_steps:
-            atomic_torch_save(checkpoint_path(self.run_dir, self.epoch_steps[self.step]), state)
+        if self.step in self.kept_epoch_at_step:
+            atomic_torch_save(checkpoint_path(self.run_dir, self.kept_epoch_at_step[self.step]), state)
 
     def restore(self) -> None:
         """Resume this run from its last checkpoint, or start from the configured parent run's."""
@@ -256,7 +265,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.objective(self.phase_index(step))(self.model, x, y, gen, step)
         if not torch.isfinite(out.loss):
-            return {"diverged": True, "loss": float(out.loss.detach())}
+            raise Diverged(float(out.loss.detach()))
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.dist.initialized:
@@ -290,11 +299,11 @@ class Trainer:
             flag = bool(t.item())
         return flag
 
-    def run(self, progress: bool = False, stop_after: int | None = None,
-            stop: threading.Event | None = None) -> dict:
-        """Train to the end; `stop_after` steps (tests) simulates a kill after a checkpoint. When `stop` is set
-        (a USR2 handler: preemption or time-out), write a checkpoint at the current step and return
-        "interrupted", so the requeued job resumes without losing a step."""
+    def run(self, progress: bool = False, stop: threading.Event | None = None) -> dict:
+        """Train to the end. When `stop` is set (a USR2 handler: preemption or time-out), write a checkpoint at
+        the current step and return "interrupted", so the requeued job resumes without losing a step."""
+        from tqdm import tqdm
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             atomic_write_json(self.run_dir / CONFIG_FILE, self.cfg.to_dict())
@@ -305,38 +314,33 @@ class Trainer:
         self._status("running")
         if self.step == 0 and self.cfg.eval.every_epochs > 0:
             self.evaluate()
-        bar = None
-        if progress and self.dist.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True)
-        while self.step < self.total_steps:
-            stats = self.train_step()
-            if stats.get("diverged"):
-                self._status("diverged", diverged_step=self.step, loss=stats["loss"])
-                return read_status(self.run_dir)
-            if bar is not None:
+        with tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
+                  disable=not (progress and self.dist.is_main)) as bar:
+            while self.step < self.total_steps:
+                try:
+                    stats = self.train_step()
+                except Diverged as exc:
+                    self._status("diverged", diverged_step=self.step, loss=exc.loss)
+                    return read_status(self.run_dir)
                 bar.update(1)
-            if self.dist.is_main and (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
-                append_jsonl(self.run_dir / METRICS_FILE, {
-                    "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
-                    **stats, "dtd_stage": self.dtd.stage if self.dtd else None,
-                    "time": time.time() - start_time,
-                    "steps_per_s": (self.step - start_step) / max(1e-9, time.time() - start_time)})
-            if self.eval_due(self.step):
-                self.evaluate()
-            if (self.step % self.cfg.train.ckpt_every == 0 or self.step == self.total_steps
-                    or self.step in self.epoch_steps):
-                self.save_checkpoint()
-                self._status("running")
-            if stop_after is not None and self.step >= stop_after:
-                return read_status(self.run_dir)
-            if self.stop_now(stop):
-                self.save_checkpoint()
-                self._status("interrupted", reason="stop signal (preemption or time-out): checkpointed")
-                return read_status(self.run_dir)
-        if bar is not None:
-            bar.close()
+                if self.dist.is_main and (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
+                    append_jsonl(self.run_dir / METRICS_FILE, {
+                        "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
+                        **stats, "dtd_stage": self.dtd.stage if self.dtd else None,
+                        "time": time.time() - start_time,
+                        "steps_per_s": (self.step - start_step) / max(1e-9, time.time() - start_time)})
+                if self.eval_due(self.step):
+                    self.evaluate()
+                if (self.step % self.cfg.train.ckpt_every == 0 or self.step == self.total_steps
+                        or self.step in self.kept_epoch_at_step):
+                    self.save_checkpoint()
+                    self._status("running")
+                if self._stop_after is not None and self.step >= self._stop_after:
+                    return read_status(self.run_dir)
+                if self.stop_now(stop):
+                    self.save_checkpoint()
+                    self._status("interrupted", reason="stop signal (preemption or time-out): checkpointed")
+                    return read_status(self.run_dir)
         self._status("done")
         return read_status(self.run_dir)
 

@@ -119,7 +119,8 @@ def test_dtd_stage_survives_resume(tmp_path):
                  "objective.dtd.mode=pace",
                  "train.epochs=4", "train.ckpt_every=10")
     first = Trainer(cfg, tmp_path / "run")
-    first.run(stop_after=10)
+    first._stop_after = 10
+    first.run()
     stage_at_kill = first.dtd.stage
     assert stage_at_kill == 2  # 10 of 40 steps, clusters open every 4 steps
     resumed = Trainer(cfg, tmp_path / "run")

@@ -79,7 +79,9 @@ def test_a_dying_holder_hands_the_lock_over_within_the_wait(tmp_path):
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    Trainer(small(), run_dir).run(stop_after=40)
+    killed = Trainer(small(), run_dir)
+    killed._stop_after = 40  # a kill right after the step-40 checkpoint
+    killed.run()
     assert torch.load(checkpoint_path(run_dir), weights_only=False)["step"] == 40
 
     real_save = torch.save
@@ -99,7 +101,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
 
 def test_unreadable_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
     run_dir = tmp_path / "run"
-    Trainer(small(), run_dir).run(stop_after=40)
+    killed = Trainer(small(), run_dir)
+    killed._stop_after = 40  # a kill right after the step-40 checkpoint
+    killed.run()
     last = checkpoint_path(run_dir)
     assert torch.load(last.with_name(PREV_CKPT), weights_only=False)["step"] == 20
     last.write_bytes(last.read_bytes()[:len(last.read_bytes()) // 2])  # a torn file (no atomic rename)

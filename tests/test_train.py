@@ -37,7 +37,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     whole = Trainer(cfg, tmp_path / "whole")
     whole.run()
     killed = Trainer(cfg, tmp_path / "killed")
-    killed.run(stop_after=20)  # "killed" right after the step-20 checkpoint
+    killed._stop_after = 20  # "killed" right after the step-20 checkpoint
+    killed.run()
     assert read_status(tmp_path / "killed")["state"] == "running"
     resumed = Trainer(cfg, tmp_path / "killed")
     resumed.run()

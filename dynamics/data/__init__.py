@@ -3,13 +3,26 @@ batch at a step is a pure function of its arguments and a resumed run sees exact
 
 from __future__ import annotations
 
-from functools import partial
+from typing import Protocol
+
+from torch import Tensor
 
 from ..config import TOY_DATASETS, DataConfig
 from .toy2d import ToyDataset, gaussian_mean_flow
 
 
-def build_dataset(cfg: DataConfig):
+class Dataset(Protocol):
+    """What the trainer, the evaluator and TAS read from a data set (toy, digits, ImageNet latents)."""
+
+    shape: tuple[int, ...]  # one sample's shape
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0,
+              world_size: int = 1) -> tuple[Tensor, Tensor | None]:
+        """This rank's (x, labels or None) of the global batch at `step`: a pure function of its arguments."""
+        ...
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
     if cfg.name in TOY_DATASETS:
         return ToyDataset(cfg.name, cfg.mean, cfg.scale) if cfg.name == "gaussian" else ToyDataset(cfg.name)
     if cfg.name == "digits":
@@ -19,11 +32,8 @@ def build_dataset(cfg: DataConfig):
     if cfg.name == "imagenet_latents":
         from .imagenet import LatentShards
 
-        shards = LatentShards(cfg.path)
-        if not cfg.hflip:
-            shards.batch = partial(shards.batch, flip=False)
-        return shards
+        return LatentShards(cfg.path, hflip=cfg.hflip)
     raise ValueError(f"unknown data set {cfg.name!r}")
 
 
-__all__ = ["ToyDataset", "gaussian_mean_flow", "build_dataset"]
+__all__ = ["Dataset", "ToyDataset", "gaussian_mean_flow", "build_dataset"]

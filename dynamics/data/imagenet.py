@@ -81,8 +81,9 @@ def _mmap_npz_member(path: Path, name: str) -> np.ndarray | None:
 class LatentShards:
     """All shards of one extraction, indexed as one array of N samples."""
 
-    def __init__(self, root: str | os.PathLike, mmap: bool = True):
+    def __init__(self, root: str | os.PathLike, mmap: bool = True, hflip: bool = True):
         self.root = Path(root)
+        self.hflip = hflip  # data.hflip: the default of batch(flip=...)
         if not self.root.is_dir():
             raise FileNotFoundError(f"latent shard directory not found: {self.root}; expected {_EXPECTED}")
         index_path = self.root / INDEX_FILE
@@ -186,7 +187,7 @@ class LatentShards:
         return self._permutation(seed, epoch)[start:start + local]
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-              flip: bool = True) -> tuple[Tensor, Tensor]:
+              flip: bool | None = None) -> tuple[Tensor, Tensor]:
         """This rank's (x [B/world,4,32,32] float32, y long) at `step`; a pure function of its arguments.
 
         batch_size is the global batch; rank k takes the k-th contiguous slice of it, so ranks see
@@ -195,7 +196,7 @@ class LatentShards:
         """
         idx = self.batch_indices(step, batch_size, seed, rank, world_size)
         x, y = self.get(idx)
-        if flip:
+        if self.hflip if flip is None else flip:
             local = batch_size // world_size
             coins = stream_numpy(seed, "flip", step).random(batch_size) < 0.5
             mine = torch.from_numpy(coins[rank * local:(rank + 1) * local])

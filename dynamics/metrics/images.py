@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -21,14 +22,16 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """A fixed set of uint8 images [N, C, H, W], one per item: the input form torch-fidelity expects.
+    """A fixed set of uint8 images [N, C, H, W], one per item: the input form torch-fidelity expects. The images
+    are a tensor or a numpy array, e.g. a memmap of 50,000 decoded samples on disk (read one item at a time).
 
     Feeding a Dataset (not a torch-fidelity generator) avoids its generator path, which calls `np.int`
     when classes are used and fails on NumPy >= 1.24.
     """
 
-    def __init__(self, images: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4:
+    def __init__(self, images: torch.Tensor | np.ndarray):
+        dtype_ok = images.dtype == (torch.uint8 if isinstance(images, torch.Tensor) else np.uint8)
+        if not dtype_ok or images.ndim != 4:
             raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         self.images = images
 
@@ -36,4 +39,5 @@ class ImageDataset(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+        item = self.images[i]
+        return item if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item))

@@ -14,28 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..data.imagenet import SCALE_FACTOR
 from ..meanflow.sampling import generate
 from ..results import EVAL_FILE, append_jsonl
-from .fid import inception_fid, resolve_inception_weights, to_uint8
+from .fid import ImageDataset, inception_fid, resolve_inception_weights, to_uint8
 
 VAE_HELP = ("download stabilityai/sd-vae-ft-mse (ft-mse, not ft-ema) on a machine with internet, e.g. "
             "`huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir PATH`, and pass --vae PATH")
-
-
-class MemmapImages(Dataset):
-    """uint8 images [N, 3, H, W] in a file on disk, one per item (torch-fidelity's input form)."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...]):
-        self.images = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.images[i]))
 
 
 def load_vae(path: str | Path, device: torch.device) -> nn.Module:
@@ -52,7 +38,7 @@ def load_vae(path: str | Path, device: torch.device) -> nn.Module:
 
 @torch.no_grad()
 def write_images(model: nn.Module, decode, out: Path, num: int, nfe: int, mode: str, num_classes: int,
-                 latent_shape: tuple[int, ...], batch: int, device: torch.device, seed: int = 0) -> MemmapImages:
+                 latent_shape: tuple[int, ...], batch: int, device: torch.device, seed: int = 0) -> ImageDataset:
     """Generate `num` images (balanced classes) into a uint8 memory map at `out`; `decode`: latents -> [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
     first = None
@@ -67,7 +53,7 @@ def write_images(model: nn.Module, decode, out: Path, num: int, nfe: int, mode: 
             images = np.memmap(out, dtype=np.uint8, mode="w+", shape=(num, *first))
         images[start:start + n] = pixels.numpy()
     images.flush()
-    return MemmapImages(out, (num, *first))
+    return ImageDataset(np.memmap(out, dtype=np.uint8, mode="r", shape=(num, *first)))
 
 
 def run_fid(run_dir: str | Path, vae: str | Path, ref: str | Path, inception: str | Path | None = None,
