@@ -224,8 +224,9 @@ def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp
         assert len(starts) == 2 and starts[0] == 0, (fault, starts)
         if fault in ("usr2", "timeout"):  # checkpointed on the signal: resumed at the step it stopped
             assert starts[1] == interrupted[fault] >= at[fault], (fault, starts, interrupted, at)
-        else:  # resumed from the last periodic checkpoint: lost at most ckpt_every steps
-            assert starts[1] % CKPT_EVERY == 0 and at[fault] - CKPT_EVERY <= starts[1] <= at[fault] + CKPT_EVERY
+        else:  # resumed from a periodic checkpoint written at or after the fault (the process keeps training
+            # until SLURM's KillWait ends, so how far past the fault it got depends on the machine's speed)
+            assert starts[1] % CKPT_EVERY == 0 and at[fault] - CKPT_EVERY <= starts[1] < FAULT_STEPS, (fault, starts)
     assert "requeued" in seen["usr2"] | seen["timeout"], seen  # waiting in the queue: not shown as running
     assert "this job is preempted" in submitit_log(root, jobs["usr2"])  # preemption does not use up time-outs
     assert "this job is timed-out" in submitit_log(root, jobs["timeout"])
