@@ -46,6 +46,16 @@ def _bounds(ax, values: pd.DataFrame, regime: list[RegimeResult]) -> None:
         ax.set_yscale("log")
 
 
+def _finish(fig, ax, out: Path | None):
+    """One legend entry per label, outside the axes on the right; save (PNG and PDF) when `out` is given."""
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    ax.legend(seen.values(), seen.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
 def study_figure(study, values: pd.DataFrame, tag: str, hue: str | None, regime: list[RegimeResult],
                  out: Path | None = None):
     """Final metric per value of the compared tag (x), one colour per `hue` group: seeds as dots, the mean with
@@ -82,12 +92,7 @@ def study_figure(study, values: pd.DataFrame, tag: str, hue: str | None, regime:
     ax.set_xlabel(tag)
     ax.set_ylabel(str(values["metric"].iloc[0]) if "metric" in values else "value")
     ax.set_title(f"{study.name}: {study.metric.description}\n(dots: seeds, o: mean, -: median)", fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    ax.legend(seen.values(), seen.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
+    return _finish(fig, ax, out)
 
 
 def curve_figure(study, curves: pd.DataFrame, tag: str, regime: list[RegimeResult], out: Path | None = None):
@@ -115,9 +120,4 @@ def curve_figure(study, curves: pd.DataFrame, tag: str, regime: list[RegimeResul
     ax.set_xlabel("epoch")
     ax.set_ylabel(str(curves["metric"].iloc[0]))
     ax.set_title(f"{study.name}: {study.metric.description}", fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    ax.legend(seen.values(), seen.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
+    return _finish(fig, ax, out)

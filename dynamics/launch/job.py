@@ -3,6 +3,7 @@ tasks sets up torch.distributed; a failure before the trainer starts is recorded
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,12 +90,10 @@ class RunJob(submitit.helpers.Checkpointable):
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
     """status.json "failed" with the reason, for a job that failed before its trainer started (unless another
     process holds the run directory, which is then its writer)."""
-    try:
+    with contextlib.suppress(RunLockedError):  # the lock's holder writes this run's status, not us
         with run_lock(run_dir, wait_s=0):
             status = read_status(run_dir)
             write_status(run_dir, "failed", step=int(status.get("step", 0)), error=f"{type(exc).__name__}: {exc}")
-    except RunLockedError:
-        pass
 
 
 def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:
