@@ -324,11 +324,11 @@ class Trainer:
                     return read_status(self.run_dir)
                 bar.update(1)
                 if self.dist.is_main and (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
+                    elapsed = max(1e-9, time.time() - start_time)  # one clock read: step - rate * time = start step
                     append_jsonl(self.run_dir / METRICS_FILE, {
                         "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
                         **stats, "dtd_stage": self.dtd.stage if self.dtd else None,
-                        "time": time.time() - start_time,
-                        "steps_per_s": (self.step - start_step) / max(1e-9, time.time() - start_time)})
+                        "time": elapsed, "steps_per_s": (self.step - start_step) / elapsed})
                 if self.eval_due(self.step):
                     self.evaluate()
                 if (self.step % self.cfg.train.ckpt_every == 0 or self.step == self.total_steps
