@@ -6,6 +6,7 @@ k = 1 is the method's default, so that grid point is the main ablation's run of 
 from __future__ import annotations
 
 from .registry import (
+    LONG_RUN_STEPS_PER_EPOCH,
     NOT_AT_DIGITS,
     U_BAR,
     Finding,
@@ -41,7 +42,7 @@ def k_schedule(scale: str) -> list[RunSpec]:
         if k == 1.0:  # the method's default k: main's run
             runs.append(shared("main", f"method={method}", f"k={k:g}", {"k": k, "method": method}))
             continue
-        cfg = base_config(scale, method)
+        cfg = base_config(scale, method, steps_per_epoch=LONG_RUN_STEPS_PER_EPOCH)
         cfg.phases = [joint(EPOCHS)]
         cfg.objective.beta_k = k
         runs.append(RunSpec(f"k={k:g}", cfg, tags={"k": k, "method": method}))

@@ -12,6 +12,7 @@ from dynamics.config import METHODS
 
 from .convergence import EVERY
 from .registry import (
+    LONG_RUN_STEPS_PER_EPOCH,
     SMALL_SCALES_NA,
     U_BAR,
     ExtraFinding,
@@ -58,7 +59,7 @@ def main(scale: str) -> list[RunSpec]:
             paper_method("convergence"): ("convergence", "k-schedule")}
     runs = []
     for method in METHODS:
-        cfg = base_config(scale, method)
+        cfg = base_config(scale, method, steps_per_epoch=LONG_RUN_STEPS_PER_EPOCH)
         cfg.phases = [joint(EPOCHS)]
         studies = also.get(method, ())
         if "v-quality" in studies:  # 32/64/128-NFE v at the end

@@ -34,6 +34,9 @@ from .registry import (
 
 K = (0.0, 0.01, 0.03, 0.1, 0.3)  # the paper's k, at B/4
 K_NORMALISED = (0.03, 0.3)
+# The normalised runs are not trained at cpu: a variant outside the verdict, cut so that the cpu reproduction fits
+# its 45 minutes (the last of issue 9's cuts, after evaluations, duplicated runs and seeds).
+NO_NORMALISED_AT = ("cpu",)
 PAPER_DIM = 4096  # B/4's SD-VAE latents, 4 x 32 x 32
 EPOCHS = 80
 
@@ -51,7 +54,7 @@ EPOCHS = 80
            "literal noise k' ||v|| xi with k' = k sqrt(4096 / d): every scale runs the noise-to-signal ratios the "
            "paper's k gives at B/4 (~ k sqrt(4096)); the measured ratio is metrics.jsonl's noise_ratio",
            "normalised form (noise norm k ||v||, the paper's k as written) at k = 0.03, 0.3, tagged k_normalised; "
-           "shown in the table, not part of the verdict"),
+           "shown in the table, not part of the verdict; not trained at cpu (time budget)"),
 )
 def o1_contaminated_v(scale: str) -> list[RunSpec]:
     runs = []
@@ -63,7 +66,7 @@ def o1_contaminated_v(scale: str) -> list[RunSpec]:
         cfg.objective.contamination_form = "literal"
         runs.append(RunSpec(f"k={k:g}", cfg, tags={"k": k, "form": "literal",
                                                    "ratio_b4": round(k * math.sqrt(PAPER_DIM), 3)}))
-    for k in K_NORMALISED:
+    for k in K_NORMALISED if scale not in NO_NORMALISED_AT else ():
         cfg = base_config(scale)
         cfg.phases = [joint(EPOCHS)]
         cfg.objective.contamination_k = k

@@ -27,15 +27,19 @@ class StepRate:
 
 
 # Small scales: measured with `python benchmarks/registry_scale.py --step-rates` (one torch thread per run) on
-# this project's 2-core AMD EPYC machine, which other work was sharing: cpu gave 68 joint steps/s alone and
-# 28-46 with two runs at once under that load; the table keeps a round 60 (the figure for an idle core).
+# this project's 2-core AMD EPYC machine. cpu: two copies at once, as `make reproduce` runs them on 2 cores, on an
+# otherwise idle machine gave 53 joint steps/s for vanilla, 46 for DTD + L_u, 48 for MinSNR + L_u, 65 v-only and
+# 35 u-only, and 0.84 s per 4,096-sample evaluation (sliced W2 with the reference's projections sorted once; a
+# run's first evaluation also computes floor and ceiling, ~0.5 s, counted in RUN_OVERHEAD_S); the table keeps 50
+# (the methods' mix) and PHASE_COST below.
 # Cluster scales: GPU time of one run on ONE H100 (bf16, batch 256); the B/4 figure is an estimate from peers'
 # MeanFlow reports (3-4 it/s), the others scale it by DiT forward GFLOPs (B/4 5.56, L/2 80.7, XL/2 118.6 from
 # the DiT paper; M/2 ~53.8 = 16/24 of L/2). GFLOP scaling is likely pessimistic for the larger models, which
 # use the GPU better than B/4's 64 tokens do. Evaluation (FID-50K) is not included at cluster scales.
 STEP_RATES: dict[str, StepRate] = {
     "smoke": StepRate(350.0, "1 CPU thread", 0.12, "measured 390 alone, batch 128 MLP 64x2"),
-    "cpu": StepRate(60.0, "1 CPU thread", 1.5, "measured 68 alone, batch 1024 MLP 256x3; 4096 eval samples, sw2"),
+    "cpu": StepRate(50.0, "1 CPU thread", 0.9, "measured 46-53 with 2 runs at once on 2 cores, batch 1024 MLP "
+                                                 "256x3; 4096 eval samples, sw2"),
     "digits": StepRate(8.0, "1 CPU thread", 8.0, "measured 9.4 alone, batch 256 tiny DiT"),
     "b4": StepRate(3.5, "1 H100", 0.0, "estimate: peers' reports, DiT-B/4 MeanFlow 3-4 it/s at batch 256 bf16"),
     "m2": StepRate(3.5 * 5.56 / 53.8, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/53.8"),
@@ -88,14 +92,13 @@ def step_rate(scale: str, path: Path | None = None) -> StepRate:
     return base
 
 
-# Relative cost of one step by the phase's loss terms, measured at cpu scale (68 / 79 / 46 steps/s alone; 20.3 /
-# 17.7 / 28.2 ms at load 1, one thread): u-only puts every row through the JVP, v-only none. The cpu evaluation
-# (4096 samples: 1-, 2-NFE u and 32-NFE v, sliced W2 only) took 1.96 s wall at load 2.5 and 1.8 s of CPU time at
-# load 10 (2048 samples: 0.96 s at load 2.5; adding energy distance tripled it); 1.5 s is kept for an idle core.
-PHASE_COST = {"both": 1.0, "v": 0.87, "u": 1.4}
+# Relative cost of one step by the phase's loss terms, measured at cpu scale with two runs at once (53 joint / 65
+# v-only / 35 u-only steps/s): u-only puts every row through the JVP, v-only none.
+PHASE_COST = {"both": 1.0, "v": 0.8, "u": 1.5}
 # Per small-scale run: python and torch import (1.2 s), the trainer's set-up (1 s, mostly torch.optim.Adam
-# importing torch._dynamo), submitit's controller process; measured 2.6 s alone, 4 s under load.
-RUN_OVERHEAD_S = 3.0
+# importing torch._dynamo), submitit's controller process, and at cpu the first evaluation's floor and ceiling;
+# measured 2.6 s alone, 4 s under load.
+RUN_OVERHEAD_S = 3.5
 
 
 def estimate_seconds(cfg: RunConfig, start_step: int) -> float:

@@ -11,16 +11,28 @@ import torch
 from torch import Tensor
 
 
+def sorted_projections(x: Tensor, num_projections: int = 256, seed: int = 0) -> Tensor:
+    """x (n, d) projected on `num_projections` random unit directions fixed by `seed`, each column sorted: the
+    empirical 1-D quantiles that sliced W2 compares. A fixed reference's can be computed once and reused."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(x.shape[1], num_projections, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    return torch.sort(x.double() @ dirs, dim=0).values
+
+
+def sliced_w2_from_projections(pa: Tensor, pb: Tensor) -> float:
+    """sqrt(mean over directions of W2^2): between equal-size samples, W2^2 of 1-D laws is the mean squared
+    difference of their sorted values."""
+    if pa.shape != pb.shape:
+        raise ValueError(f"sliced W2: projections of shapes {tuple(pa.shape)} and {tuple(pb.shape)} differ")
+    return float(((pa - pb) ** 2).mean().sqrt())
+
+
 def sliced_w2(a: Tensor, b: Tensor, num_projections: int = 256, seed: int = 0) -> float:
     """sqrt of the mean over random unit directions of W2^2 between the 1-D projections (equal sizes)."""
     n = min(len(a), len(b))
-    a, b = a[:n].double(), b[:n].double()
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], num_projections, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    pa, _ = torch.sort(a @ dirs, dim=0)
-    pb, _ = torch.sort(b @ dirs, dim=0)
-    return float(((pa - pb) ** 2).mean().sqrt())
+    return sliced_w2_from_projections(sorted_projections(a[:n], num_projections, seed),
+                                      sorted_projections(b[:n], num_projections, seed))
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
