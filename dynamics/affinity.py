@@ -57,7 +57,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from .config import PhaseConfig, RunConfig
@@ -169,9 +168,11 @@ def _draw(task: Task, x: Tensor, y: Tensor | None, draw_seed: int) -> _Replay:
     return _Replay(d, gen.get_state(), x.device)
 
 
-def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int) -> LossOutput:
-    """The task's loss at the model's current weights, with the fixed draws `d` (contamination noise included)."""
-    return task.loss_fn.loss_at(model, x, d.draw, step, d.generator())
+def _task_output(task: Task, model: nn.Module, x: Tensor, d: _Replay, step: int,
+                 target_model: nn.Module | None = None) -> LossOutput:
+    """The task's loss at the model's current weights, with the fixed draws `d` (contamination noise included);
+    the stop-gradient target from `target_model` where given (held at theta), else from `model`."""
+    return task.loss_fn.loss_at(model, x, d.draw, step, d.generator(), target_model=target_model)
 
 
 def _loss_with_weight_of(task: Task, out: LossOutput, ref: LossOutput) -> float:
@@ -179,28 +180,6 @@ def _loss_with_weight_of(task: Task, out: LossOutput, ref: LossOutput) -> float:
     from `ref` (theta) instead of `out`; equal to ref.loss when out is ref."""
     fn = task.loss_fn
     return float((ref.weight * out.D / (ref.D + fn.c).pow(fn.p)).mean())
-
-
-class _TargetAt(nn.Module):
-    """u_theta' for the prediction, u_theta for the stop-gradient target (recompute_target=False).
-
-    The objective computes its target either inside the JVP (dual inputs: the tangent du/dt is taken from the
-    frozen theta, the value from theta') or under no_grad (CFG guidance: theta); a call with grad enabled is
-    the prediction (theta')."""
-
-    def __init__(self, live: nn.Module, frozen: nn.Module):
-        super().__init__()
-        self.live, self.frozen = live, frozen
-
-    def forward(self, z: Tensor, r: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        z_primal, z_tangent = fwAD.unpack_dual(z)
-        if z_tangent is not None:
-            tangent = fwAD.unpack_dual(self.frozen(z, r, t, y)).tangent
-            value = self.live(z_primal, fwAD.unpack_dual(r).primal, fwAD.unpack_dual(t).primal, y)
-            return fwAD.make_dual(value, tangent)
-        if torch.is_grad_enabled():
-            return self.live(z, r, t, y)
-        return self.frozen(z, r, t, y)
 
 
 def _parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -247,17 +226,16 @@ def lookahead_matrix(model: nn.Module, tasks: Sequence[Task], x: Tensor, y: Tens
     with torch.no_grad():
         before = [_task_output(task, model, x, d, step) for task, d in zip(tasks, draws)]
         base = [_loss_with_weight_of(task, out, out) for task, out in zip(tasks, before)]
-    evaluate = model if recompute_target else _TargetAt(model, copy.deepcopy(model).requires_grad_(False))
+    held = None if recompute_target else copy.deepcopy(model).requires_grad_(False)  # u_tgt's network: theta
     z = torch.empty(len(tasks), len(tasks), dtype=torch.float64)
     for i, (task, d) in enumerate(zip(tasks, draws)):
         try:
             _task_gradient(task, model, x, d, step, grad_clip)
             _lookahead_optimizer(params, optimizer, lr, step_length).step()
             model.zero_grad(set_to_none=True)
-            # the frozen-target wrapper tells the prediction (grad on) from the target (no_grad): keep grad on
-            with torch.set_grad_enabled(not recompute_target):
+            with torch.no_grad():
                 for j, (task_j, d_j) in enumerate(zip(tasks, draws)):
-                    out = _task_output(task_j, evaluate, x, d_j, step)
+                    out = _task_output(task_j, model, x, d_j, step, target_model=held)
                     ref = out if recompute_weight else before[j]
                     z[i, j] = 1.0 - _loss_with_weight_of(task_j, out, ref) / base[j]
         finally:

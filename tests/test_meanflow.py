@@ -89,6 +89,21 @@ def test_target_is_the_meanflow_identity(strategy):
     assert u.requires_grad and not u_tgt.requires_grad
 
 
+@pytest.mark.parametrize("strategy", ["rows", "fused", "full"])
+def test_target_from_another_network(strategy):
+    """target_fn: the prediction is u_fn's, the target the identity with target_fn's du/dt (TAS's held target),
+    whatever the strategy; target_fn = u_fn is the plain target."""
+    model, held = _mlp64(seed=0), _mlp64(seed=3)
+    z, r, t, v = _inputs((2,), n=8)
+    r[:3] = t[:3]
+    u, u_tgt = mean_flow_target(model, z, r, t, v, None, n_v=3, strategy=strategy, target_fn=held)
+    expected = v - (t - r)[:, None] * _central_difference(held, z, r, t, v)
+    assert torch.allclose(u_tgt, expected, atol=1e-6)
+    assert torch.allclose(u, model(z, r, t), atol=1e-12) and u.requires_grad
+    _, plain = mean_flow_target(model, z, r, t, v, None, n_v=3, strategy=strategy, target_fn=model)
+    assert torch.allclose(plain, v - (t - r)[:, None] * _central_difference(model, z, r, t, v), atol=1e-6)
+
+
 def test_target_row_detection_without_layout():
     model = _mlp64()
     z, r, t, v = _inputs((2,), n=8)

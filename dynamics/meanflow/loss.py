@@ -117,20 +117,24 @@ class MeanFlowLoss:
                  step: int = 0) -> LossOutput:
         return self.loss_at(model, x, self.draw(x, y, gen), step, gen)
 
-    def loss_at(self, model: nn.Module, x: Tensor, d: Draw, step: int = 0,
-                gen: torch.Generator | None = None) -> LossOutput:
+    def loss_at(self, model: nn.Module, x: Tensor, d: Draw, step: int = 0, gen: torch.Generator | None = None,
+                target_model: nn.Module | None = None) -> LossOutput:
         """The loss for a given draw (TAS replays one draw before and after a lookahead step)."""
-        return self.loss(model, x, d.e, d.t, d.r, d.y, n_v=d.n_v, step=step, gen=gen)
+        return self.loss(model, x, d.e, d.t, d.r, d.y, n_v=d.n_v, step=step, gen=gen, target_model=target_model)
 
     def loss(self, model: nn.Module, x: Tensor, e: Tensor, t: Tensor, r: Tensor, y: Tensor | None,
-             n_v: int | None = None, step: int = 0, gen: torch.Generator | None = None) -> LossOutput:
-        """The loss for given randomness (used directly by tests and DDP checks)."""
+             n_v: int | None = None, step: int = 0, gen: torch.Generator | None = None,
+             target_model: nn.Module | None = None) -> LossOutput:
+        """The loss for given randomness (used directly by tests and DDP checks). `target_model`: the network
+        whose guidance and JVP make the stop-gradient target, when it is not `model` (TAS's held target)."""
+        target_model = model if target_model is None else target_model
         z = interpolate(x, e, t)
         v = v_cond = conditional_velocity(x, e)
         if self.cfg is not None and y is not None:
-            v = guided_velocity(model, z, t, v, y, self.num_classes, self.cfg)
+            v = guided_velocity(target_model, z, t, v, y, self.num_classes, self.cfg)
         is_v = (r == t) if n_v is None else torch.arange(len(x), device=x.device) < n_v
-        u, u_tgt = mean_flow_target(model, z, r, t, v, y, n_v=n_v, strategy=self.jvp_strategy)
+        u, u_tgt = mean_flow_target(model, z, r, t, v, y, n_v=n_v, strategy=self.jvp_strategy,
+                                    target_fn=target_model)
         noise_ratio = None
         if self.v_target_noise is not None and bool(is_v.any()):
             # noise scaled by the conditional velocity's norm (not the guided one's), on the v rows only

@@ -163,11 +163,11 @@ def _full(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | Non
 
 
 def _rows(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | None,
-          n_v: int) -> tuple[Tensor, Tensor]:
+          n_v: int, target_fn: UFn | None = None) -> tuple[Tensor, Tensor]:
     if n_v == len(z):
         return u_fn(z, r, t, y), at_least_fp32(v.detach())[0]
     with torch.no_grad():  # before the forward: its temporaries are gone when the graph is built
-        _, dudt = total_derivative(u_fn, z[n_v:], r[n_v:], t[n_v:], v[n_v:], _tail(y, n_v))
+        _, dudt = total_derivative(target_fn or u_fn, z[n_v:], r[n_v:], t[n_v:], v[n_v:], _tail(y, n_v))
         u_tgt = torch.cat([at_least_fp32(v[:n_v])[0], target_from_derivative(v[n_v:], r[n_v:], t[n_v:], dudt)])
     return u_fn(z, r, t, y), u_tgt
 
@@ -201,16 +201,21 @@ JVP_STRATEGIES = tuple(_STRATEGIES)
 
 
 def mean_flow_target(u_fn: UFn, z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | None = None,
-                     n_v: int | None = None, strategy: str = "rows") -> tuple[Tensor, Tensor]:
+                     n_v: int | None = None, strategy: str = "rows",
+                     target_fn: UFn | None = None) -> tuple[Tensor, Tensor]:
     """(u_theta(z, r, t | y) with grad, u_tgt detached).
 
     `n_v`: the number of leading v rows (r = t) of the batch, as the samplers lay it out; None finds the
     u rows by comparing r and t (the rows are then put in that layout and back). On the v rows the
-    target is v itself.
+    target is v itself. `target_fn`: the network whose JVP makes the stop-gradient target when it is not
+    u_fn (TAS holds the target at the weights before a lookahead step); the target is then computed apart
+    from the prediction, as `rows` does, whatever the strategy.
     """
     if strategy not in _STRATEGIES:
         raise ValueError(f"unknown JVP strategy {strategy!r}; choose one of {', '.join(JVP_STRATEGIES)}")
     target = _STRATEGIES[strategy]
+    if target_fn is not None and target_fn is not u_fn:
+        target = functools.partial(_rows, target_fn=target_fn)
     if n_v is not None:
         return target(u_fn, z, r, t, v, y, n_v)
     is_u = r != t
