@@ -59,7 +59,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .config import PhaseConfig, RunConfig
+from .config import TAS_METHODS, TAS_OPTIMIZERS, PhaseConfig, RunConfig
 from .curriculum import build_objective
 from .meanflow.loss import Draw, LossOutput, MeanFlowLoss
 from .meanflow.tasks import TaskSpec, bin_label, dt_bin
@@ -67,8 +67,7 @@ from .results import CONFIG_FILE, checkpoint_path
 from .rng import stream_seed
 from .train import Diverged, Trainer
 
-METHODS = ("lookahead", "cosine")
-OPTIMIZERS = ("sgd", "sgd-length", "adam")
+METHODS, OPTIMIZERS = TAS_METHODS, TAS_OPTIMIZERS
 
 
 class AffinityError(ValueError):

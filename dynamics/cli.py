@@ -6,7 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import SCALES, ConfigError, apply_overrides, preset, preset_names
+from .config import (
+    EXECUTORS,
+    SAMPLING_MODES,
+    SCALES,
+    TAS_METHODS,
+    TAS_OPTIMIZERS,
+    ConfigError,
+    apply_overrides,
+    preset,
+    preset_names,
+)
 
 
 def _fail(message: str) -> int:
@@ -279,12 +289,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if final is None:
         return 0
     from .affinity import AffinityError
+    from .launch import default_jobs
     from .study_tas import study_affinity
 
     for study in studies:  # TAS studies (o3) are measured on their finished init runs
         if study.metric.kind == "tas" and args.scale not in study.unsupported:
             try:
-                study_affinity(study, args.scale, args.results, args.seeds, overrides=args.overrides)
+                study_affinity(study, args.scale, args.results, args.seeds, overrides=args.overrides,
+                               jobs=default_jobs(args.jobs) if args.executor != "slurm" else 1)
             except AffinityError as exc:
                 print(f"dynamics: TAS for {study.name} skipped: {exc}", file=sys.stderr)
     out = write_report(args.results, args.scale, studies)
@@ -381,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="samples of a run's EMA model: a .npy file (--out) and/or a PNG grid (--png)")
     p.add_argument("run_dir")
     p.add_argument("--nfe", type=int, default=1)
-    p.add_argument("--mode", choices=("u", "v"), default="u", help="u: few-step with u; v: Euler with u(z,t,t)")
+    p.add_argument("--mode", choices=SAMPLING_MODES, default="u", help="u: few-step with u; v: Euler with u(z,t,t)")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--label", type=int, default=-1, help="class label (default: random classes)")
     p.add_argument("--seed", type=int, default=0)
@@ -402,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a study grid (skips finished runs, resumes interrupted ones)")
     _add_study_arguments(p)
-    p.add_argument("--executor", default="local", choices=("debug", "local", "slurm"))
+    p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--profile", help="SLURM cluster profile, e.g. slurm/example.toml")
     p.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per core)")
     p.add_argument("--rerun-failed", action="store_true", help="run failed (resume) and diverged (restart) runs")
@@ -422,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu", choices=SCALES)
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the scale's)")
-    p.add_argument("--executor", default="local", choices=("debug", "local", "slurm"))
+    p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--profile", help="SLURM cluster profile, e.g. slurm/example.toml")
     p.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per core)")
     p.add_argument("--register", action="append", metavar="MODULE",
@@ -438,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, help="ADM reference statistics, e.g. VIRTUAL_imagenet256_labeled.npz")
     p.add_argument("--inception", default=None, help="local Inception weights (torch-fidelity's file)")
     p.add_argument("--nfe", type=int, default=1)
-    p.add_argument("--mode", choices=("u", "v"), default="u")
+    p.add_argument("--mode", choices=SAMPLING_MODES, default="u")
     p.add_argument("--num", type=int, default=50_000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--epoch", type=float, default=None, help="a kept epoch checkpoint (default: the last)")
@@ -454,10 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="with --study: results root (default: results)")
     p.add_argument("--seeds", type=int, default=None, help="with --study: seeds 0..N-1 (default: the scale's)")
     p.add_argument("--tasks", help="comma-separated: v, u, both, u[a,b] (default: v,u)")
-    p.add_argument("--method", default="lookahead", choices=("lookahead", "cosine"))
+    p.add_argument("--method", default="lookahead", choices=TAS_METHODS)
     p.add_argument("--batches", type=int, default=16, help="batches averaged over (default: 16)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "sgd-length", "adam"),
+    p.add_argument("--optimizer", default="sgd", choices=TAS_OPTIMIZERS,
                    help="lookahead step: a plain gradient step at lr (default), one of length lr*sqrt(#params), "
                         "or a copy of the run's Adam state (--study measures all of them)")
     p.add_argument("--lr", type=float, default=None, help="lookahead learning rate (default: the run's train.lr)")

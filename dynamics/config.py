@@ -145,8 +145,8 @@ class SamplerConfig:
 
 
 @dataclass
-class CFGConfig:
-    """Class-conditional CFG training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null).
+class GuidanceConfig:
+    """Classifier-free guidance in training (MeanFlow): v_g = w v + kappa u(c) + (1 - w - kappa) u(null).
 
     `dropout_rows`: `leading` (default, the official code's layout): Binomial(n, class_dropout) rows are
     dropped, and they are the batch's first rows, which are r = t rows, so the null class is trained on v
@@ -161,12 +161,12 @@ class CFGConfig:
     t_max: float = 1.0
 
     def validate(self) -> None:
-        _in_range("objective.cfg.class_dropout", self.class_dropout, 0.0, 1.0)
-        _in_range("objective.cfg.kappa", self.kappa, 0.0, 1.0)
+        _in_range("objective.guidance.class_dropout", self.class_dropout, 0.0, 1.0)
+        _in_range("objective.guidance.kappa", self.kappa, 0.0, 1.0)
         if self.kappa >= 1.0:
-            raise ConfigError("objective.cfg.kappa must be < 1 (effective guidance w / (1 - kappa))")
+            raise ConfigError("objective.guidance.kappa must be < 1 (effective guidance w / (1 - kappa))")
         if not 0.0 <= self.t_min <= self.t_max <= 1.0:
-            raise ConfigError(f"objective.cfg needs 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
+            raise ConfigError(f"objective.guidance needs 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
 
 
 @dataclass
@@ -200,18 +200,22 @@ class ObjectiveConfig:
     adaptive_c: float = 1e-3
     alpha: str = "none"  # v-term weight: none | minsnr | a registered piece (dynamics.pieces)
     minsnr_gamma: float = 5.0
-    v_sampling: Literal["base", "dtd"] = "base"  # v-term timestep sampling: base | dtd
+    v_sampling: str = "base"  # v-term timestep sampling: base | dtd | a registered v_time piece
     dtd: DTDConfig = field(default_factory=DTDConfig)
     beta: str = "none"  # u-term weight: none | progressive | a registered piece (dynamics.pieces)
     beta_k: float = 1.0
+    # a transform of the stop-gradient target: none | a registered target piece (dynamics.pieces)
+    target_transform: str = "none"
     # a registered piece's typed parameters (its params dataclass); the paper's pieces use the fields above
     alpha_params: dict[str, Any] = field(default_factory=dict)
     beta_params: dict[str, Any] = field(default_factory=dict)
+    v_sampling_params: dict[str, Any] = field(default_factory=dict)
+    target_transform_params: dict[str, Any] = field(default_factory=dict)
     # O1 reverse: v-row target v + noise. literal (the paper's words): k ||v|| xi, xi ~ N(0, I) per element;
     # normalised: k ||v|| xi / ||xi||. ||v|| is the per-sample norm of the conditional velocity e - x.
     contamination_k: float = 0.0
     contamination_form: Literal["literal", "normalised"] = "literal"
-    cfg: CFGConfig = field(default_factory=CFGConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # classifier-free guidance (CFG)
     # rows | fused | compiled | full: how the JVP target is computed (meanflow/target.py)
     jvp: Literal["rows", "fused", "compiled", "full"] = "rows"
 
@@ -222,7 +226,7 @@ class ObjectiveConfig:
         if self.minsnr_gamma <= 0 or self.beta_k <= 0 or self.contamination_k < 0:
             raise ConfigError("objective.minsnr_gamma, objective.beta_k must be > 0, contamination_k >= 0")
         self.dtd.validate()
-        self.cfg.validate()
+        self.guidance.validate()
 
 
 @dataclass
@@ -245,12 +249,17 @@ class EvalConfig:
     every_epochs: float = 1.0  # 0: only at the end
     nfe: list[int] = field(default_factory=lambda: [1, 2])  # few-step sampling with u
     nfe_v: list[int] = field(default_factory=lambda: [32])  # Euler with v = u(z, t, t)
+    # added at the last step's evaluation only: what a study reads at the end of a run whose intermediate
+    # evaluations need less (the convergence curve is 1-NFE; v-quality's 64/128-NFE v are read at the end)
+    final_nfe: list[int] = field(default_factory=list)
+    final_nfe_v: list[int] = field(default_factory=list)
     num_samples: int = 4096
     metrics: list[str] = field(default_factory=lambda: ["sw2", "energy"])
 
     def validate(self) -> None:
-        if min(self.nfe + self.nfe_v, default=1) < 1:
-            raise ConfigError(f"eval.nfe={self.nfe} and eval.nfe_v={self.nfe_v} must hold integers >= 1")
+        if min(self.nfe + self.nfe_v + self.final_nfe + self.final_nfe_v, default=1) < 1:
+            raise ConfigError(f"eval.nfe={self.nfe}, eval.nfe_v={self.nfe_v}, eval.final_nfe={self.final_nfe} and "
+                              f"eval.final_nfe_v={self.final_nfe_v} must hold integers >= 1")
         if self.num_samples < 2:
             raise ConfigError(f"eval.num_samples={self.num_samples} must be >= 2")
 
@@ -335,32 +344,34 @@ class RunConfig:
         return self
 
     @staticmethod
-    def params_of(params_type: type, given: dict, kind: str) -> Any:
-        """A piece's parameters: `given` (objective.<kind>_params) type-checked into its dataclass."""
-        params = _from_dict(params_type, given, f"objective.{kind}_params.")
+    def params_of(params_type: type, given: dict, field_name: str) -> Any:
+        """A piece's parameters: `given` (objective.<field>_params) type-checked into its dataclass."""
+        params = _from_dict(params_type, given, f"objective.{field_name}_params.")
         if hasattr(params, "validate"):
             params.validate()
         return params
 
     def _validate_pieces(self) -> None:
-        """objective.alpha / beta name registered pieces (the paper's or a user module's, imported here) whose
-        parameters type-check against the piece's dataclass; the modules of a user's pieces are recorded."""
+        """objective.alpha / beta / v_sampling / target_transform name registered pieces (the paper's or a user
+        module's, imported here) whose parameters type-check against the piece's dataclass; the modules of a
+        user's pieces are recorded."""
         from . import pieces
 
         try:
             pieces.import_modules(self.modules)
             for kind in pieces.KINDS:
-                piece = pieces.get_piece(kind, getattr(self.objective, kind))
-                given = getattr(self.objective, f"{kind}_params")
+                name_field = pieces.FIELD[kind]
+                name = getattr(self.objective, name_field)
+                piece = pieces.get_piece(kind, name)
+                given = getattr(self.objective, f"{name_field}_params")
                 if piece is None or piece.params is None:
                     if given:
-                        name = getattr(self.objective, kind)
-                        raise ConfigError(f"objective.{kind}_params={given}: objective.{kind}={name} takes no "
-                                          f"parameters")
+                        raise ConfigError(f"objective.{name_field}_params={given}: objective.{name_field}={name} "
+                                          f"takes no parameters")
                     if piece is None:
                         continue
                 else:
-                    self.params_of(piece.params, given, kind)
+                    self.params_of(piece.params, given, name_field)
                 if piece.module != pieces.PAPER_MODULE and piece.module not in self.modules:
                     self.modules.append(piece.module)
         except (pieces.PieceError, ValueError) as exc:
@@ -382,9 +393,11 @@ class RunConfig:
         """The config as saved and hashed. The registered pieces' parameters and modules appear only when set,
         so every config without a user's piece keeps the dict (and result hash) it had before pieces."""
         d = dataclasses.asdict(self)
-        for key in ("alpha_params", "beta_params"):
+        for key in ("alpha_params", "beta_params", "v_sampling_params", "target_transform_params"):
             if not d["objective"][key]:
                 del d["objective"][key]
+        if d["objective"]["target_transform"] == "none":
+            del d["objective"]["target_transform"]
         if not d["modules"]:
             del d["modules"]
         return d
@@ -394,6 +407,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
+        """A config from its dict; a store written before the guidance sub-config's rename (`objective.cfg`,
+        until 2026-11) still loads."""
+        objective = d.get("objective")
+        if isinstance(objective, dict) and "cfg" in objective and "guidance" not in objective:
+            d = {**d, "objective": {("guidance" if k == "cfg" else k): v for k, v in objective.items()}}
         return _from_dict(cls, d, "")
 
 
@@ -513,6 +531,11 @@ def _child(node: Any, part: str, path: str) -> Any:
 # presets
 
 SCALES = ("smoke", "cpu", "digits", "b4", "m2", "l2", "xl2")
+# The rest of the library's vocabulary, here so that the CLI offers the same choices without importing torch.
+EXECUTORS = ("debug", "local", "slurm")  # dynamics.launch
+SAMPLING_MODES = ("u", "v")  # dynamics.meanflow.sampling.generate: few-step with u | Euler with v = u(z, t, t)
+TAS_METHODS = ("lookahead", "cosine")  # dynamics.affinity
+TAS_OPTIMIZERS = ("sgd", "sgd-length", "adam")  # dynamics.affinity: the lookahead step
 METHODS = ("vanilla", "minsnr", "dtd", "lu", "minsnr-lu", "dtd-lu")
 
 
@@ -557,7 +580,7 @@ def _digits() -> RunConfig:
     cfg.data = DataConfig(name="digits", hflip=False)
     cfg.model = ModelConfig(name="dit", size="tiny", patch_size=2)
     cfg.objective.adaptive_p = 1.0
-    cfg.objective.cfg = CFGConfig(class_dropout=0.1, w=1.0, kappa=0.5)
+    cfg.objective.guidance = GuidanceConfig(class_dropout=0.1, w=1.0, kappa=0.5)
     cfg.train = TrainConfig(
         batch_size=256, lr=1e-3, lr_schedule="cosine", warmup_steps=200, ema_decay=0.99,
         steps_per_epoch=200, epochs=6, log_every=50, ckpt_every=600, threads=1,
@@ -574,7 +597,7 @@ def _paper(size: str, cfg_w: float, kappa: float, t_max: float) -> RunConfig:
     cfg.model = ModelConfig(name="dit", size=size)
     cfg.objective.adaptive_p = 1.0
     cfg.objective.adaptive_c = 1e-3
-    cfg.objective.cfg = CFGConfig(class_dropout=0.1, w=cfg_w, kappa=kappa, t_min=0.0, t_max=t_max)
+    cfg.objective.guidance = GuidanceConfig(class_dropout=0.1, w=cfg_w, kappa=kappa, t_min=0.0, t_max=t_max)
     cfg.train = TrainConfig(
         batch_size=256, lr=1e-4, lr_schedule="constant", warmup_steps=0, ema_decay=0.9999,
         steps_per_epoch=1281167 // 256, epochs=240, log_every=100, ckpt_every=5000, precision="auto",

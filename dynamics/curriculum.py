@@ -3,7 +3,7 @@
     L = E[ 1(t = r) alpha(t) L_v(z_t, t) + 1(t != r) beta(dt, s) L_u(z_t, r, t) ],   dt = t - r
 
 - alpha(t): the v-term weight; MinSNR-gamma on the velocity error (`MinSNRWeight`).
-- p_acc(t): the v-term timestep sampling; DTD's easiest-first clusters (`DTDSchedule`).
+- p_acc(t): the v-term timestep sampling; DTD's easiest-first clusters (`DTDSchedule`, a v_time piece).
 - beta(dt, s): the progressive u-term weight (`ProgressiveUWeight`).
 - phases: a run as a sequence of (epochs, loss terms, sampler) (`build_objective` per phase).
 - contamination: the O1 probe's corrupted v target (`contaminate`).
@@ -65,26 +65,23 @@ class ProgressiveUWeight:
         return (1 - s) + s * self.lam * (1 - dt)
 
 
-# The paper's pieces, registered by name as a user's are (dynamics.pieces); their parameters are the objective's
-# own fields, so configs and result hashes read as before.
-@register_piece("alpha", "minsnr")
-def _minsnr(ctx: PieceContext, params: None) -> MinSNRWeight:
-    return MinSNRWeight(ctx.base_sampler, ctx.objective.minsnr_gamma)
-
-
-@register_piece("beta", "progressive")
-def _progressive(ctx: PieceContext, params: None) -> ProgressiveUWeight:
-    return ProgressiveUWeight(ctx.sampler, ctx.total_steps, ctx.objective.beta_k)
-
-
 def build_piece(kind: str, cfg: RunConfig, ctx: PieceContext):
-    """The run's alpha or beta (None: "none"), its parameters built from objective.<kind>_params."""
-    piece = pieces.get_piece(kind, getattr(cfg.objective, kind))
+    """The run's piece of `kind` (None: the kind's OFF name), its parameters from objective.<field>_params."""
+    name_field = pieces.FIELD[kind]
+    piece = pieces.get_piece(kind, getattr(cfg.objective, name_field))
     if piece is None:
         return None
-    params = (RunConfig.params_of(piece.params, getattr(cfg.objective, f"{kind}_params"), kind)
+    params = (RunConfig.params_of(piece.params, getattr(cfg.objective, f"{name_field}_params"), name_field)
               if piece.params is not None else None)
     return piece.build(ctx, params)
+
+
+def build_v_time(cfg: RunConfig):
+    """The run's v-time sampler (None: the base sampler's own v rows), built once per run: it may keep state
+    across phases and checkpoints (DTD's stage)."""
+    pieces.import_modules(cfg.modules)
+    base = build_sampler(cfg.objective.sampler)
+    return build_piece("v_time", cfg, PieceContext(base, base, cfg.total_steps(), cfg.objective))
 
 
 class DTDSchedule:
@@ -119,6 +116,14 @@ class DTDSchedule:
 
     def q_range(self) -> tuple[float, float]:
         return (0.0 if self.finished else 1.0 - (self.stage + 1) / self.cfg.clusters, 1.0)
+
+    def quantiles(self, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
+        """n v-row quantiles, uniform over the open clusters' union q_range()."""
+        lo, hi = self.q_range()
+        return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+    def stats(self) -> dict:
+        return {"dtd_stage": self.stage}
 
     def update(self, step: int, loss_v: float) -> None:
         """Called after each optimiser step with the batch's mean v error (nan when it had no v rows)."""
@@ -170,9 +175,26 @@ def contaminate(v: Tensor, gen: torch.Generator, k: float, form: str = "literal"
     return v + contamination_noise(v, gen, k, form)
 
 
-def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
-                    dtd: DTDSchedule | None = None) -> MeanFlowLoss:
-    """The MeanFlow loss of one phase, with the run's weightings plugged in."""
+# The paper's pieces, registered by name as a user's are (dynamics.pieces); their parameters are the objective's
+# own fields, so configs and result hashes read as before.
+@register_piece("alpha", "minsnr")
+def _minsnr(ctx: PieceContext, params: None) -> MinSNRWeight:
+    return MinSNRWeight(ctx.base_sampler, ctx.objective.minsnr_gamma)
+
+
+@register_piece("beta", "progressive")
+def _progressive(ctx: PieceContext, params: None) -> ProgressiveUWeight:
+    return ProgressiveUWeight(ctx.sampler, ctx.total_steps, ctx.objective.beta_k)
+
+
+@register_piece("v_time", "dtd")
+def _dtd(ctx: PieceContext, params: None) -> DTDSchedule:
+    return DTDSchedule(ctx.objective.dtd, ctx.total_steps)
+
+
+def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0, v_time=None) -> MeanFlowLoss:
+    """The MeanFlow loss of one phase, with the run's pieces plugged in. `v_time`: the run's v-time sampler
+    (`build_v_time`, shared by its phases); None draws the v rows' t from the phase's sampler."""
     obj = cfg.objective
     total = cfg.total_steps()
     base_sampler = build_sampler(obj.sampler)
@@ -181,7 +203,7 @@ def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
              "v": 1.0, "u": 0.0}[phase.terms]
     pieces.import_modules(cfg.modules)  # a worker or a reloaded run imports the modules of the run's pieces
     ctx = PieceContext(sampler, base_sampler, total, obj)
-    alpha, beta = build_piece("alpha", cfg, ctx), build_piece("beta", cfg, ctx)
+    alpha, beta, target = (build_piece(kind, cfg, ctx) for kind in ("alpha", "beta", "target"))
     return MeanFlowLoss(
         sampler=sampler,
         ratio_r_eq_t=ratio,
@@ -189,10 +211,11 @@ def build_objective(cfg: RunConfig, phase: PhaseConfig, num_classes: int = 0,
         adaptive_c=obj.adaptive_c,
         alpha=alpha,
         beta=beta,
-        v_time_curriculum=dtd if obj.v_sampling == "dtd" else None,
+        v_time=v_time,
+        target_transform=target,
         v_target_noise=(partial(contamination_noise, k=obj.contamination_k, form=obj.contamination_form)
                         if obj.contamination_k > 0 else None),
-        cfg=obj.cfg if num_classes > 0 else None,
+        guidance=obj.guidance if num_classes > 0 else None,
         num_classes=num_classes,
         jvp_strategy=obj.jvp,
     )

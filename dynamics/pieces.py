@@ -1,10 +1,20 @@
-"""Curriculum pieces registered by name: an alpha(t) (the v-term weight) or a beta(dt, step) (the u-term weight).
+"""Curriculum pieces registered by name, four kinds, each filling one hook of the MeanFlow objective:
 
-A piece is a factory `build(ctx, params) -> callable`, registered with `@register_piece(kind, name, params=...)`
-from any module; a config names it (`objective.alpha=my_weight`) and sets its typed parameters
-(`objective.alpha_params.power=2`), which are checked against the piece's parameter dataclass like the
-built-in fields. The paper's own pieces (MinSNR alpha, progressive beta) are registered the same way, by
-`dynamics.curriculum`; their parameters stay the config's own fields (`objective.minsnr_gamma`, `beta_k`).
+- `alpha`  (objective.alpha):       alpha(t) -> weight of the v term;
+- `beta`   (objective.beta):        beta(dt, step) -> weight of the u term;
+- `v_time` (objective.v_sampling):  where the v rows' t fall: an object with `quantiles(n, gen, device)`, n
+  quantiles q in [0, 1] of the phase sampler's v-row t distribution (t = F_v^-1(q)); optionally
+  `update(step, loss_v)` after every step, `state_dict()` / `load_state_dict()` (checkpointed) and `stats()`
+  (logged in metrics.jsonl);
+- `target` (objective.target_transform): `transform(u_tgt, inputs: TargetInputs) -> u_tgt`, applied to the
+  stop-gradient target before the loss (and before O1's contamination probe).
+
+A piece is a factory `build(ctx, params) -> the callable or object above`, registered with
+`@register_piece(kind, name, params=...)` from any module; a config names it (`objective.alpha=my_weight`) and sets
+its typed parameters (`objective.alpha_params.power=2`), which are checked against the piece's parameter
+dataclass like the built-in fields. The paper's own pieces (MinSNR alpha, progressive beta, DTD's v-time
+sampler) are registered the same way, by `dynamics.curriculum`; their parameters stay the config's own fields
+(`objective.minsnr_gamma`, `beta_k`, `dtd`).
 
 Runs execute in other processes and are reloaded later, so a config records the modules its pieces come
 from (`RunConfig.modules`, filled by validation) and every process imports them before it builds the
@@ -19,8 +29,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("alpha", "beta")
+KINDS = ("alpha", "beta", "v_time", "target")
+FIELD = {"alpha": "alpha", "beta": "beta", "v_time": "v_sampling", "target": "target_transform"}  # objective.<field>
+OFF = {"alpha": "none", "beta": "none", "v_time": "base", "target": "none"}  # the name that means "no piece"
 PAPER_MODULE = "dynamics.curriculum"  # registers the paper's pieces, imported like a user's module
+
+
+@dataclass(frozen=True)
+class TargetInputs:
+    """What a target transform may read besides u_tgt: the (guided) velocity v, the times, which rows are v
+    rows (r = t), and the step's generator (None outside training)."""
+
+    v: Any  # torch.Tensor
+    t: Any
+    r: Any
+    is_v: Any
+    gen: Any
 
 
 @dataclass(frozen=True)
@@ -51,12 +75,13 @@ _PIECES: dict[tuple[str, str], Piece] = {}
 
 
 def register_piece(kind: str, name: str, params: type | None = None) -> Callable:
-    """Decorator over `build(ctx: PieceContext, params) -> alpha(t) | beta(dt, step)`. `params`: a dataclass of
-    the piece's parameters (defaults required), built from `objective.<kind>_params` and type-checked."""
+    """Decorator over `build(ctx: PieceContext, params) -> the kind's callable or object` (module docstring).
+    `params`: a dataclass of the piece's parameters (defaults required), built from
+    `objective.<field>_params` and type-checked."""
     if kind not in KINDS:
         raise PieceError(f"register_piece: kind={kind!r}; allowed: {', '.join(KINDS)}")
-    if name == "none":
-        raise PieceError("register_piece: 'none' means no piece; choose another name")
+    if name == OFF[kind]:
+        raise PieceError(f"register_piece: {name!r} means no {kind} piece; choose another name")
     if params is not None and not dataclasses.is_dataclass(params):
         raise PieceError(f"register_piece({kind!r}, {name!r}): params must be a dataclass")
 
@@ -81,16 +106,16 @@ def import_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
 
 
 def names(kind: str) -> list[str]:
-    return ["none"] + sorted(n for k, n in _PIECES if k == kind)
+    return [OFF[kind]] + sorted(n for k, n in _PIECES if k == kind)
 
 
 def get_piece(kind: str, name: str) -> Piece | None:
-    """The registered piece (None for "none"); the paper's pieces are imported first."""
+    """The registered piece (None for the kind's OFF name); the paper's pieces are imported first."""
     import_modules()
-    if name == "none":
+    if name == OFF[kind]:
         return None
     if (kind, name) not in _PIECES:
-        raise PieceError(f"objective.{kind}={name!r} is not a registered {kind} piece; allowed: "
+        raise PieceError(f"objective.{FIELD[kind]}={name!r} is not a registered {kind} piece; allowed: "
                          f"{', '.join(names(kind))} (register one with @register_piece in a module given to "
                          "--register)")
     return _PIECES[(kind, name)]

@@ -8,7 +8,9 @@ and knows nothing of studies.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -32,8 +34,33 @@ STUDY_VARIANTS: dict[str, dict] = {
 DEFAULT_VARIANT = "b: grad step of equal length"
 
 
+def _unit(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: list[str],
+          kwargs: dict) -> list[pd.DataFrame]:
+    """Every variant's TAS on one init's weights for one seed (each lookahead variant with the target
+    recomputed and held)."""
+    parts = []
+    for variant in variants:
+        settings = STUDY_VARIANTS[variant]
+        modes = (("recomputed", True), ("held", False)) if settings["method"] == "lookahead" else (("-", True),)
+        for mode, recompute in modes:
+            part = task_affinity(source, tasks, seed=seed, recompute_target=recompute, **settings, **kwargs)
+            part.insert(0, "init", init)
+            part.insert(1, "seed", seed)
+            part.insert(2, "variant", variant)
+            part.insert(3, "target_mode", mode)
+            parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
+    return parts
+
+
+def _unit_threaded(unit: tuple) -> list[pd.DataFrame]:
+    import torch
+
+    torch.set_num_threads(1)
+    return _unit(*unit)
+
+
 def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
-                   overrides: list[str] | None = None, variants: Sequence[str] | None = None,
+                   overrides: list[str] | None = None, variants: Sequence[str] | None = None, jobs: int = 1,
                    **kwargs) -> pd.DataFrame:
     """TAS of every init of a study (its `task_inits`) for each seed, written to <root>/<scale>/<study>/tas.csv.
 
@@ -43,7 +70,8 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
     named) is measured; each lookahead variant twice, with the target recomputed at theta' and held at theta
     (column `target_mode`). Long format: init, seed, variant, target_mode, source, target, method, value (the
     mean over batches), std, n, then the settings (weights, step, lr, ...). `kwargs` (batches, device, ...)
-    apply to every variant; method / optimizer / recompute_target are the variants' own."""
+    apply to every variant; method / optimizer / recompute_target are the variants' own. `jobs` > 1 measures the
+    (seed, init) units in that many processes at once (the result is the same: each unit's draws are seeded)."""
     if not study.tasks or not study.task_inits:
         raise AffinityError(f"study {study.name} declares no TAS tasks and inits (Study.tasks, Study.task_inits)")
     names = list(STUDY_VARIANTS) if variants is None else list(variants)
@@ -57,7 +85,7 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
         raise AffinityError(f"study {study.name} has no runs at scale {scale}")
     by_key = {r.spec.key: r for r in runs}
     n_seeds = study.default_seeds(scale) if seeds is None else seeds
-    parts = []
+    units = []  # one (seed, init) each: its weights, then every variant on them
     for seed in range(n_seeds):
         for init, key in study.task_inits.items():
             if key is None:
@@ -74,17 +102,12 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
                     raise AffinityError(f"study {study.name}: init {init!r} (run {run.spec.key}) is {run.state} in "
                                         f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
                 source = run.run_dir
-            for variant in names:
-                settings = STUDY_VARIANTS[variant]
-                modes = (("recomputed", True), ("held", False)) if settings["method"] == "lookahead" else (("-", True),)
-                for mode, recompute in modes:
-                    part = task_affinity(source, list(study.tasks), seed=seed, recompute_target=recompute,
-                                         **settings, **kwargs)
-                    part.insert(0, "init", init)
-                    part.insert(1, "seed", seed)
-                    part.insert(2, "variant", variant)
-                    part.insert(3, "target_mode", mode)
-                    parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
+            units.append((init, seed, source, list(study.tasks), names, kwargs))
+    if jobs > 1:  # one process per unit, one torch thread each (spawned: the parent's torch state stays its own)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = [part for unit in pool.map(_unit_threaded, units) for part in unit]
+    else:
+        parts = [part for unit in units for part in _unit(*unit)]
     frame = pd.concat(parts, ignore_index=True).rename(columns={"mean": "value"})
     frame.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("weights", "step", "seed")}
     atomic_write_bytes(Path(root) / scale / study.name / TAS_FILE, frame.to_csv(index=False).encode())

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ConfigError, RunConfig, phase_boundaries
-from .curriculum import DTDSchedule, build_objective
+from .curriculum import build_objective, build_v_time
 from .data import Dataset, build_dataset
 from .metrics.evaluate import Evaluator
 from .models import build_model
@@ -153,7 +153,7 @@ class Trainer:
                                     weight_decay=tc.weight_decay)
         self.bounds = phase_boundaries(cfg)
         self.total_steps = self.bounds[-1]
-        self.dtd = DTDSchedule(cfg.objective.dtd, self.total_steps) if cfg.objective.v_sampling == "dtd" else None
+        self.v_time = build_v_time(cfg)  # DTD or a user's v_time piece; None: the sampler's own v rows
         self.step = 0
         self.kept_epoch_at_step = {round(e * tc.steps_per_epoch): e for e in tc.keep_epochs}
         self._stop_after: int | None = None  # tests: stop right after this step's checkpoint, as a kill would
@@ -168,7 +168,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "dtd": self.dtd.state_dict() if self.dtd else None,
+            "v_time": self.v_time.state_dict() if hasattr(self.v_time, "state_dict") else None,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
         }
@@ -178,8 +178,9 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         if optimizer:
             self.opt.load_state_dict(state["optimizer"])
-        if self.dtd is not None and state.get("dtd"):
-            self.dtd.load_state_dict(state["dtd"])
+        v_time_state = state.get("v_time", state.get("dtd"))  # "dtd": checkpoints written before v_time pieces
+        if hasattr(self.v_time, "load_state_dict") and v_time_state:
+            self.v_time.load_state_dict(v_time_state)
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
 
@@ -242,7 +243,7 @@ class Trainer:
     def objective(self, phase: int):
         if phase not in self._objectives:
             self._objectives[phase] = build_objective(self.cfg, self.cfg.resolved_phases()[phase],
-                                                      self.num_classes, self.dtd)
+                                                      self.num_classes, self.v_time)
         return self._objectives[phase]
 
     def epoch(self, step: int) -> float:
@@ -276,8 +277,8 @@ class Trainer:
         update_ema(self.ema, self.model, cfg.train.ema_decay)
         self.step += 1
         loss_v = float(out.loss_v)
-        if self.dtd is not None:
-            self.dtd.update(self.step, loss_v)
+        if hasattr(self.v_time, "update"):
+            self.v_time.update(self.step, loss_v)
         stats = {"loss": float(out.loss.detach()), "loss_v": loss_v, "loss_u": float(out.loss_u), "lr": lr}
         if out.noise_ratio is not None:  # O1 contamination: the measured ||noise|| / ||v|| (issue 8.4)
             stats["noise_ratio"] = float(out.noise_ratio)
@@ -286,7 +287,7 @@ class Trainer:
     def evaluate(self) -> None:
         if not self.dist.is_main:
             return
-        for row in self.evaluator(self.ema, self.step):
+        for row in self.evaluator(self.ema, self.step, final=self.step == self.total_steps):
             append_jsonl(self.run_dir / EVAL_FILE, {"epoch": self.epoch(self.step), **row})
         self.evaluator.grid_png(self.ema, self.run_dir / f"samples_step{self.step:06d}.png")
 
@@ -327,7 +328,8 @@ class Trainer:
                     elapsed = max(1e-9, time.time() - start_time)  # one clock read: step - rate * time = start step
                     append_jsonl(self.run_dir / METRICS_FILE, {
                         "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
-                        **stats, "dtd_stage": self.dtd.stage if self.dtd else None,
+                        **stats, "dtd_stage": None,  # a v_time piece's stats (DTD: its stage) fill it
+                        **(self.v_time.stats() if hasattr(self.v_time, "stats") else {}),
                         "time": elapsed, "steps_per_s": (self.step - start_step) / elapsed})
                 if self.eval_due(self.step):
                     self.evaluate()

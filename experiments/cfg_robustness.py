@@ -44,8 +44,8 @@ def cfg_robustness(scale: str) -> list[RunSpec]:
         for arm, method in (("vanilla", "vanilla"), ("full", paper_method("cfg-robustness"))):
             cfg = base_config(scale, method)
             cfg.phases = [joint(EPOCHS)]
-            cfg.objective.cfg.w = w
-            cfg.objective.cfg.kappa = kappa
+            cfg.objective.guidance.w = w
+            cfg.objective.guidance.kappa = kappa
             tags = {"arm": arm, "method": method, "w": w, "kappa": kappa, "w_eff": round(w / (1 - kappa), 6)}
             runs.append(RunSpec(f"w={w:g},kappa={kappa:g},arm={arm}", cfg, tags=tags))
     return runs

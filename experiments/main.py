@@ -64,7 +64,9 @@ def main(scale: str) -> list[RunSpec]:
         studies = also.get(method, ())
         if "v-quality" in studies:  # 32/64/128-NFE v at the end
             cfg.eval.nfe_v = list(NFE_V)
-        if "convergence" in studies:  # the curve: EMA evaluations every EVERY epochs, no extra checkpoints
+        if "convergence" in studies:  # the curve: 1-NFE EMA evaluations every EVERY epochs, the rest at the end
             cfg.eval.every_epochs = float(EVERY)
+            cfg.eval.final_nfe, cfg.eval.final_nfe_v = [n for n in cfg.eval.nfe if n != 1], list(cfg.eval.nfe_v)
+            cfg.eval.nfe, cfg.eval.nfe_v = [1], []
         runs.append(RunSpec(f"method={method}", cfg, tags={"method": method}))
     return runs

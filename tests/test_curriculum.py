@@ -78,7 +78,7 @@ def test_dtd_pace_opens_clusters_and_draws_follow():
     seen = []
     for step in (0, 100, 200, 300, 400, 799):
         dtd.update(step, 1.0)
-        t = sampler.sample_v(20_000, g, CPU, dtd.q_range()).double()
+        t = sampler.sample_v(20_000, g, CPU, dtd.quantiles).double()
         shares = torch.histc(torch.bucketize(t, edges[1:-1]).double(), bins=4, min=0, max=3) / len(t)
         seen.append((dtd.stage, shares))
     stages = [s for s, _ in seen]
@@ -121,13 +121,13 @@ def test_dtd_stage_survives_resume(tmp_path):
     first = Trainer(cfg, tmp_path / "run")
     first._stop_after = 10
     first.run()
-    stage_at_kill = first.dtd.stage
+    stage_at_kill = first.v_time.stage
     assert stage_at_kill == 2  # 10 of 40 steps, clusters open every 4 steps
     resumed = Trainer(cfg, tmp_path / "run")
     resumed.restore()
-    assert resumed.dtd.stage == stage_at_kill and resumed.step == 10
+    assert resumed.v_time.stage == stage_at_kill and resumed.step == 10
     resumed.run()
-    assert resumed.dtd.stage == 4
+    assert resumed.v_time.stage == 4
 
 
 # -- phases --------------------------------------------------------------------------------------------

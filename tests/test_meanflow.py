@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dynamics.config import CFGConfig, SamplerConfig
+from dynamics.config import GuidanceConfig, SamplerConfig
 from dynamics.meanflow import (
     MeanFlowLoss,
     adaptive_loss,
@@ -177,7 +177,7 @@ def _labelled_batch(n=8, num_classes=3):
 def test_cfg_w1_kappa0_is_plain_v():
     model = _tiny_dit64(num_classes=3)
     z, v, t, y = _labelled_batch()
-    assert torch.equal(guided_velocity(model, z, t, v, y, 3, CFGConfig(w=1.0, kappa=0.0)), v)
+    assert torch.equal(guided_velocity(model, z, t, v, y, 3, GuidanceConfig(w=1.0, kappa=0.0)), v)
 
 
 def test_cfg_target_algebra():
@@ -185,7 +185,7 @@ def test_cfg_target_algebra():
     z, v, t, y = _labelled_batch()
     y[0] = 3  # a dropped (null) row keeps v
     t[1] = 0.95  # outside [t_min, t_max] keeps v
-    cfg = CFGConfig(w=0.2, kappa=0.5, t_min=0.0, t_max=0.9)
+    cfg = GuidanceConfig(w=0.2, kappa=0.5, t_min=0.0, t_max=0.9)
     v_g = guided_velocity(model, z, t, v, y, 3, cfg)
     with torch.no_grad():
         u_c = model(z, t, t, y)
@@ -243,8 +243,8 @@ def test_sinusoidal_mlp_runs_under_jvp():
 def test_class_dropout_rows(rows):
     """Issue 8.3: by default the dropped rows are the batch's first rows (the official layout), so every
     null-class row has r = t; `random` drops rows anywhere, u rows included."""
-    cfg = CFGConfig(class_dropout=0.1, dropout_rows=rows, w=1.0, kappa=0.0)
-    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.75, cfg=cfg, num_classes=10)
+    cfg = GuidanceConfig(class_dropout=0.1, dropout_rows=rows, w=1.0, kappa=0.0)
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.75, guidance=cfg, num_classes=10)
     x, y = torch.randn(512, 2), torch.zeros(512, dtype=torch.long)
     n_drop, n_u_drop = 0, 0
     for seed in range(8):
@@ -272,8 +272,8 @@ def test_target_is_float32_under_bf16_autocast(strategy):
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model64 = copy.deepcopy(model).double()
-    cfg = CFGConfig(class_dropout=0.1, w=0.2, kappa=0.5, t_min=0.0, t_max=0.9)
-    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.5, cfg=cfg, num_classes=3,
+    cfg = GuidanceConfig(class_dropout=0.1, w=0.2, kappa=0.5, t_min=0.0, t_max=0.9)
+    loss_fn = MeanFlowLoss(build_sampler(SamplerConfig()), ratio_r_eq_t=0.5, guidance=cfg, num_classes=3,
                            jvp_strategy=strategy)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(16, 1, 4, 4, generator=g)

@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -106,11 +107,101 @@ def test_piece_parameters_are_typed_and_checked(example):
 
 def test_paper_pieces_register_the_same_way_and_keep_the_config_dict():
     assert {"minsnr"} <= set(pieces.names("alpha")) and {"progressive"} <= set(pieces.names("beta"))
+    assert pieces.names("v_time")[:1] == ["base"] and "dtd" in pieces.names("v_time")
     assert pieces.get_piece("alpha", "minsnr").module == pieces.PAPER_MODULE
+    assert pieces.get_piece("v_time", "dtd").module == pieces.PAPER_MODULE
     cfg = preset("cpu-minsnr-lu")
     d = cfg.to_dict()
     assert "modules" not in d and "alpha_params" not in d["objective"] and "beta_params" not in d["objective"]
+    assert not {"v_sampling_params", "target_transform", "target_transform_params"} & set(d["objective"])
     loss = build_objective(cfg, PhaseConfig(epochs=1.0))
     assert type(loss.alpha).__name__ == "MinSNRWeight" and type(loss.beta).__name__ == "ProgressiveUWeight"
+    dtd = preset("cpu-dtd-lu")
+    assert dtd.to_dict()["objective"]["v_sampling"] == "dtd" and "v_sampling_params" not in dtd.to_dict()["objective"]
     with pytest.raises(pieces.PieceError, match="kind='gamma'"):
         pieces.register_piece("gamma", "x")
+
+
+# A v-time sampler and a target transform of this module's own (importable as `test_pieces` by every process
+# that builds the run's objective, as a user's module would be).
+@dataclass
+class NoisyHalf:
+    lo: float = 0.5  # the v rows' t quantiles are drawn from [lo, 1]: the noisier part of the v-row law
+
+    def validate(self) -> None:
+        if not 0 <= self.lo < 1:
+            raise ValueError(f"objective.v_sampling_params.lo={self.lo} must be in [0, 1)")
+
+
+class _NoisyHalfSampler:
+    def __init__(self, lo: float):
+        self.lo, self.calls = lo, 0
+
+    def quantiles(self, n, gen, device):
+        return self.lo + (1 - self.lo) * torch.rand(n, generator=gen, device=device)
+
+    def update(self, step, loss_v):
+        self.calls += 1
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+    def stats(self):
+        return {"noisy_half_calls": self.calls}
+
+
+@pieces.register_piece("v_time", "noisy_half", params=NoisyHalf)
+def _noisy_half(ctx, params: NoisyHalf):
+    return _NoisyHalfSampler(params.lo)
+
+
+@dataclass
+class Shrink:
+    factor: float = 0.5
+
+
+@pieces.register_piece("target", "shrink_u", params=Shrink)
+def _shrink_u(ctx, params: Shrink):
+    """u_tgt on the u rows scaled by `factor`; the v rows keep v."""
+    return lambda u_tgt, inputs: torch.where(inputs.is_v[:, None], u_tgt, params.factor * u_tgt)
+
+
+def test_v_time_and_target_pieces_train_resume_and_transform(tmp_path):
+    from dynamics.train import Trainer
+
+    overrides = ["objective.v_sampling=noisy_half", "objective.v_sampling_params.lo=0.8",
+                 "objective.target_transform=shrink_u", "objective.target_transform_params.factor=0.25",
+                 "train.epochs=1.2", "train.log_every=4", "train.ckpt_every=8"]  # 12 steps
+    cfg = apply_overrides(preset("smoke"), overrides)
+    assert cfg.modules == [__name__]
+    with pytest.raises(ConfigError, match=r"objective.v_sampling_params.lo=1.5 must be in \[0, 1\)"):
+        apply_overrides(preset("smoke"), ["objective.v_sampling=noisy_half", "objective.v_sampling_params.lo=1.5"])
+    with pytest.raises(ConfigError, match="objective.v_sampling='nope' is not a registered v_time piece; allowed: "
+                                          "base, dtd"):
+        apply_overrides(preset("smoke"), ["objective.v_sampling=nope"])
+
+    # the v rows' t are the phase sampler's v-row quantiles in [0.8, 1]; the u rows' target is shrunk
+    trainer = Trainer(cfg, tmp_path / "run")
+    loss_fn = trainer.objective(0)
+    base = build_objective(apply_overrides(preset("smoke"), []), PhaseConfig(epochs=1.0))
+    x, _ = trainer.dataset.batch(0, 256, 0)
+    d = loss_fn.draw(x, None, torch.Generator().manual_seed(3))
+    q_low = float(loss_fn.sampler.v_quantile(torch.tensor([0.8])))
+    assert d.n_v > 0 and bool((d.t[:d.n_v] >= q_low - 1e-6).all())
+    shrunk = loss_fn.loss_at(trainer.model, x, d).target
+    plain = base.loss_at(trainer.model, x, d).target
+    assert torch.allclose(shrunk[:d.n_v], plain[:d.n_v]) and torch.allclose(shrunk[d.n_v:], 0.25 * plain[d.n_v:])
+
+    # its state is checkpointed and resumed; its stats are logged
+    trainer._stop_after = 8
+    trainer.run()
+    resumed = Trainer(cfg, tmp_path / "run")
+    resumed.restore()
+    assert resumed.v_time.calls == 8
+    resumed.run()
+    assert resumed.v_time.calls == 12
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["noisy_half_calls"] for r in rows] == [4, 8, 12]

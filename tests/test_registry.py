@@ -194,11 +194,14 @@ def test_k_schedule_and_paper_methods():
 def test_v_quality_and_convergence():
     vq = get_study("v-quality").runs("xl2")
     assert [r.tags["arm"] for r in vq] == ["vanilla", "full"]
-    assert all(r.config.eval.nfe_v == [32, 64, 128] for r in vq)
+    # at the end: v-quality's 32/64/128-NFE v (vanilla, a convergence arm too, evaluates them at its last step only)
+    assert all(sorted(r.config.eval.nfe_v + r.config.eval.final_nfe_v) == [32, 64, 128] for r in vq)
     conv = get_study("convergence").runs("cpu", seeds=1)
     for r in conv:  # 2.5x, 2.3x, 2.1x = 96, 104.3, 114.3 epochs: each in its own 8-epoch segment
         assert r.config.eval.every_epochs == 8 and phases(r) == [(240.0, "both")]
-        assert r.config.train.keep_epochs == [] and 1 in r.config.eval.nfe
+        # the curve is 1-NFE at every evaluation; main's 2-NFE and the v samplers join at the last step
+        assert r.config.train.keep_epochs == [] and r.config.eval.nfe == [1] and r.config.eval.nfe_v == []
+        assert r.config.eval.final_nfe == [2] and 32 in r.config.eval.final_nfe_v
     assert {r.tags["method"] for r in conv} == {"vanilla", "dtd-lu"}
 
 
@@ -215,7 +218,8 @@ def test_overlapping_grids_share_main_runs():
                 assert (run.owner, run.owner_key, run.hash) == ("main", owner.key, owner.hash)
                 assert run.config.to_dict() == owner.config.to_dict() and run.tags["seed"] == seed
         vanilla = main["method=vanilla/s0"].config
-        assert vanilla.eval.nfe_v == [32, 64, 128] and vanilla.eval.every_epochs == 8
+        assert (vanilla.eval.nfe, vanilla.eval.nfe_v, vanilla.eval.every_epochs) == ([1], [], 8)  # the curve
+        assert (vanilla.eval.final_nfe, vanilla.eval.final_nfe_v) == ([2], [32, 64, 128])  # main's, v-quality's
         assert main[f"method={vq}/s0"].config.eval.nfe_v == [32, 64, 128]
         assert main[f"method={conv}/s0"].config.eval.every_epochs == 8
         assert all(main[f"method={m}/s0"].config.train.keep_epochs == [] for m in ("vanilla", vq, conv))
@@ -257,7 +261,7 @@ def test_cfg_robustness_only_class_conditional():
     assert "class-conditional" in study.unsupported["cpu"]
     runs = study.runs("l2")
     assert len(runs) == 8
-    settings = {(r.config.objective.cfg.w, r.config.objective.cfg.kappa) for r in runs}
+    settings = {(r.config.objective.guidance.w, r.config.objective.guidance.kappa) for r in runs}
     assert settings == {(1.0, 0.5), (0.5, 0.75), (1.0, 0.6), (0.2, 0.92)}
     assert {r.tags["w_eff"] for r in runs} == {2.0, 2.5}
 

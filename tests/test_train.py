@@ -132,6 +132,27 @@ def test_run_directory_contents(tmp_path):
     assert len(loaded.metrics) == len(metrics) and not loaded.model.training
 
 
+def test_final_samplers_are_evaluated_at_the_last_step_only(tmp_path):
+    """eval.final_nfe / final_nfe_v join the last evaluation only (convergence's 1-NFE curve, the rest at the end);
+    the final values equal those of a run that evaluates every sampler throughout."""
+    cheap = train(_smoke("eval.every_epochs=1", "eval.nfe=[1]", "eval.nfe_v=[]", "eval.final_nfe=[2]",
+                         "eval.final_nfe_v=[8,16]"),
+                  tmp_path / "cheap")
+    full = train(_smoke("eval.every_epochs=1", "eval.nfe=[1,2]", "eval.nfe_v=[8,16]"), tmp_path / "full")
+    assert cheap["state"] == full["state"] == "done"
+    rows = read_jsonl(tmp_path / "cheap" / "eval.jsonl")
+    by_step: dict[int, set] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], set()).add((r["sampler"], r["nfe"]))
+    last = max(by_step)
+    assert len(by_step) > 2 and all(v == {("u", 1)} for s, v in by_step.items() if s != last)
+    assert by_step[last] == {("u", 1), ("u", 2), ("v", 8), ("v", 16)}
+    final = {(r["metric"], r["sampler"], r["nfe"]): r["value"] for r in rows if r["step"] == last}
+    reference = {(r["metric"], r["sampler"], r["nfe"]): r["value"]
+                 for r in read_jsonl(tmp_path / "full" / "eval.jsonl") if r["step"] == last}
+    assert final == reference
+
+
 def test_sample_cli_writes_npy(tmp_path):
     train(_smoke(), tmp_path / "run")
     out = tmp_path / "s.npy"
@@ -157,7 +178,7 @@ def test_cli_dry_run_prints_paper_config(capsys):
     assert cfg["train"]["batch_size"] == 256 and cfg["train"]["lr"] == 1e-4
     assert (cfg["train"]["adam_beta1"], cfg["train"]["adam_beta2"]) == (0.9, 0.95)
     assert cfg["train"]["ema_decay"] == 0.9999 and cfg["model"]["size"] == "B/4"
-    assert cfg["objective"]["cfg"]["kappa"] == 0.5 and cfg["objective"]["sampler"]["mu"] == -0.4
+    assert cfg["objective"]["guidance"]["kappa"] == 0.5 and cfg["objective"]["sampler"]["mu"] == -0.4
     assert cli_main(["train", "--preset", "cpu", "train.lr=oops", "--dry-run"]) == 2
     assert "train.lr" in capsys.readouterr().err
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from experiments.registry import Study
 
-from ..config import ConfigError
+from ..config import EXECUTORS, ConfigError
 from .cost import (
     CLUSTER_SCALES,
     DIT_GFLOPS,
@@ -78,8 +78,6 @@ from .plan import (
     squeue_states,
 )
 from .profile import EXECUTOR_KEYS, PROFILE_KEYS, load_profile, sbatch_preview, slurm_parameters
-
-EXECUTORS = ("debug", "local", "slurm")
 
 __all__ = [
     "CLUSTER_SCALES", "DIT_GFLOPS", "EXECUTORS", "EXECUTOR_KEYS", "LOCAL_TIMEOUT_MIN", "MEASURED_RATES_FILE",

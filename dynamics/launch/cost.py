@@ -30,16 +30,17 @@ class StepRate:
 # this project's 2-core AMD EPYC machine. cpu: two copies at once, as `make reproduce` runs them on 2 cores, on an
 # otherwise idle machine gave 53 joint steps/s for vanilla, 46 for DTD + L_u, 48 for MinSNR + L_u, 65 v-only and
 # 35 u-only, and 0.84 s per 4,096-sample evaluation (sliced W2 with the reference's projections sorted once; a
-# run's first evaluation also computes floor and ceiling, ~0.5 s, counted in RUN_OVERHEAD_S); the table keeps 50
-# (the methods' mix) and PHASE_COST below.
+# run's first evaluation also computes floor and ceiling, ~0.5 s, counted in RUN_OVERHEAD_S). A whole reproduction
+# sustains less: its runs averaged 28-46 joint-equivalent steps/s (the short measurement runs at a higher clock than
+# 45 minutes of both cores busy), so the table keeps 40, with PHASE_COST below.
 # Cluster scales: GPU time of one run on ONE H100 (bf16, batch 256); the B/4 figure is an estimate from peers'
 # MeanFlow reports (3-4 it/s), the others scale it by DiT forward GFLOPs (B/4 5.56, L/2 80.7, XL/2 118.6 from
 # the DiT paper; M/2 ~53.8 = 16/24 of L/2). GFLOP scaling is likely pessimistic for the larger models, which
 # use the GPU better than B/4's 64 tokens do. Evaluation (FID-50K) is not included at cluster scales.
 STEP_RATES: dict[str, StepRate] = {
     "smoke": StepRate(350.0, "1 CPU thread", 0.12, "measured 390 alone, batch 128 MLP 64x2"),
-    "cpu": StepRate(50.0, "1 CPU thread", 0.9, "measured 46-53 with 2 runs at once on 2 cores, batch 1024 MLP "
-                                                 "256x3; 4096 eval samples, sw2"),
+    "cpu": StepRate(40.0, "1 CPU thread", 0.9, "sustained in a full reproduction, 2 runs at once on 2 cores, "
+                                                "batch 1024 MLP 256x3; 4096 eval samples, sw2"),
     "digits": StepRate(8.0, "1 CPU thread", 8.0, "measured 9.4 alone, batch 256 tiny DiT"),
     "b4": StepRate(3.5, "1 H100", 0.0, "estimate: peers' reports, DiT-B/4 MeanFlow 3-4 it/s at batch 256 bf16"),
     "m2": StepRate(3.5 * 5.56 / 53.8, "1 H100", 0.0, "estimate: B/4's 3.5 it/s x GFLOPs 5.56/53.8"),

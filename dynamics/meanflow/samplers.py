@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..config import SamplerConfig
+
+# (n, generator, device) -> n quantiles in [0, 1] of the v-row t distribution (a v_time piece's `quantiles`)
+QuantileFn = Callable[[int, torch.Generator, torch.device], Tensor]
 
 _QUAD_POINTS = 200_001  # midpoint-rule nodes for the expectations below (error ~1e-10 for smooth integrands)
 
@@ -52,16 +56,15 @@ class TimeSampler(ABC):
         return self._icdf(q.clamp(0, 1).sqrt())
 
     def sample_v(self, n: int, gen: torch.Generator, device: torch.device,
-                 q_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
-        """n v-row times, restricted to the quantile range q_range of the v-row distribution (DTD)."""
-        lo, hi = q_range
-        q = lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+                 quantiles: QuantileFn | None = None) -> Tensor:
+        """n v-row times t = F_v^-1(q): q uniform on [0, 1], or drawn by `quantiles` (a v-time sampler: DTD)."""
+        q = quantiles(n, gen, device) if quantiles is not None else torch.rand(n, generator=gen, device=device)
         return self.v_quantile(q)
 
     def sample(self, n: int, n_v: int, gen: torch.Generator, device: torch.device,
-               q_range: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, Tensor]:
+               quantiles: QuantileFn | None = None) -> tuple[Tensor, Tensor]:
         """(t, r) for a batch of n: rows [0, n_v) have r = t, rows [n_v, n) have r < t (almost surely)."""
-        t_v = self.sample_v(n_v, gen, device, q_range)
+        t_v = self.sample_v(n_v, gen, device, quantiles)
         t_u, r_u = self.sample_u(n - n_v, gen, device)
         return torch.cat([t_v, t_u]), torch.cat([t_v, r_u])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import SAMPLING_MODES
 from .path import expand_like
 
 
@@ -43,4 +44,4 @@ def generate(model: nn.Module, noise: Tensor, nfe: int, mode: str = "u", labels:
         return sample(model, noise, uniform_schedule(nfe), labels)
     if mode == "v":
         return sample_euler_v(model, noise, nfe, labels)
-    raise ValueError(f"unknown sampling mode {mode!r}; choose u or v")
+    raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")

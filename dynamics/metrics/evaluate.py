@@ -97,13 +97,16 @@ class Evaluator:
             out.append(generate(model, noise, nfe, mode, labels).float().cpu())
         return torch.cat(out)
 
-    def __call__(self, model: nn.Module, step: int) -> list[dict]:
+    def __call__(self, model: nn.Module, step: int, final: bool = False) -> list[dict]:
+        """Rows for eval.nfe / nfe_v, plus eval.final_nfe / final_nfe_v at the run's last step (`final`)."""
         metrics = [m for m in self.ecfg.metrics if m != "fid"]
         if not metrics:
             return []
         rows = []
-        for mode, nfes in (("u", self.ecfg.nfe), ("v", self.ecfg.nfe_v)):
-            for nfe in nfes:
+        e = self.ecfg
+        for mode, nfes in (("u", e.nfe + (e.final_nfe if final else [])),
+                           ("v", e.nfe_v + (e.final_nfe_v if final else []))):
+            for nfe in sorted(set(nfes)):
                 samples = self.samples(model, mode, nfe)
                 for metric in metrics:
                     floor, ceiling = self.bounds(metric)
