@@ -293,11 +293,13 @@ def load_results(root: str | Path = "results", study: str | None = None, scale: 
         runs.append(row)
         if kind == "evals":
             for record in read_jsonl(run_dir / EVAL_FILE):
-                evals.append({"hash": row["hash"], **record})
+                evals.append({"run_dir": row["run_dir"], **record})
     frame = pd.DataFrame(runs)
     if kind == "runs":
         return frame
     eval_frame = pd.DataFrame(evals)
     if eval_frame.empty:
         return eval_frame
-    return eval_frame.merge(frame.rename(columns={"step": "run_step"}), on="hash", how="left")
+    # joined on the directory, not the hash: a run shared by several studies has one directory per study (the
+    # owner's and links), and each study must see its rows once
+    return eval_frame.merge(frame.rename(columns={"step": "run_step"}), on="run_dir", how="left")

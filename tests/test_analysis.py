@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -222,6 +223,26 @@ def test_reference_that_misses_its_bar_is_not_in_the_learning_regime(tmp_path, v
     assert (tmp_path / "cpu" / "figures" / "synthetic.png").exists()
     row = pd.read_csv(tmp_path / "cpu" / "verdicts.csv").iloc[0]
     assert row["verdict"] == expected and row["blowups"] == 2
+
+
+def test_a_run_shared_by_two_studies_counts_once_in_each(tmp_path):
+    """A shared run has one directory per study (the owner's, and links in the other's, as `registry.shared`
+    lays them out): each study must see its evaluations once, or a paired test pairs every copy with every other
+    (n inflated, the interval too narrow: the cpu report once read n = 18 for main's 3 seeds)."""
+    study = _synthetic_study("owner")
+    _synthetic_store(tmp_path, "owner", 0.05)
+    for run in sorted((tmp_path / "cpu" / "owner").iterdir()):
+        link = tmp_path / "cpu" / "borrower" / run.name  # same directory name: same hash
+        link.mkdir(parents=True)
+        meta = {**json.loads((run / "run.json").read_text()), "study": "borrower"}
+        (link / "run.json").write_text(json.dumps(meta))
+        for name in ("status.json", "eval.jsonl"):
+            if (run / name).exists():
+                (link / name).symlink_to(os.path.relpath(run / name, link))
+    evals = load_results(tmp_path, scale="cpu", kind="evals")
+    assert (evals["study"] == "owner").sum() == (evals["study"] == "borrower").sum() == 2 * 11  # 11 evaluated, u + v
+    verdict = study_analysis(study, "cpu", tmp_path, evals).verdict
+    assert verdict.seeds == 4 and verdict.verdict == "holds"
 
 
 def test_unevaluated_reference_is_unchecked_not_passed(tmp_path):

@@ -22,6 +22,18 @@ def test_interpolated_speedup_reads_the_papers_values(speedup):
     assert crossing_epoch(epochs, values + 10, target) == float("inf")
 
 
+def test_a_plateau_that_touches_the_target_early_is_not_a_speedup():
+    """The epoch counted is the one from which the curve stays at or below the target: an early touch by noise
+    on a plateau does not count, and a curve that ends above the target never reaches it."""
+    epochs = np.arange(0, 241, 8, dtype=float)
+    wobble = 1.0 + 0.01 * (-1.0) ** np.arange(len(epochs))  # 1.01, 0.99, ...: hovers around the target
+    plateau = np.where(epochs < 40, 2.0, wobble)
+    plateau[-1] = 1.001  # ends just above the target
+    assert crossing_epoch(epochs, plateau, 1.0) == float("inf")
+    plateau[-5], plateau[-4:] = 1.01, 0.99  # above at the fifth-last evaluation, below for good after it
+    assert crossing_epoch(epochs, plateau, 1.0) == pytest.approx(epochs[-5] + 4)  # half-way: 0.01 of 0.02
+
+
 def _tas_rows(variant, mode, effect_by_init):
     rows = []
     for init, value in effect_by_init.items():
