@@ -25,7 +25,7 @@ from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample
 from dynamics.meanflow.target import mean_flow_target
 from dynamics.meanflow.tasks import TaskSpec, dt_bin
 from dynamics.models.mlp import MLP
-from dynamics.study_tas import STUDY_VARIANTS
+from dynamics.study_tas import STUDY_VARIANTS, study_affinity
 from dynamics.train import train
 from experiments.registry import get_study
 
@@ -232,6 +232,10 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys):
     held = frame[frame["target_mode"] == "held"]
     assert set(held["variant"]) == {v for v, s in STUDY_VARIANTS.items() if s["method"] == "lookahead"}
     assert (frame.groupby("init")["step"].first() > 0).to_dict() == {"random": False, "u-small": True, "v-only": True}
+    # the units in two processes (as `dynamics reproduce` runs them) give the same table
+    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, jobs=2)
+    parallel = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
+    pd.testing.assert_frame_equal(parallel, frame, check_exact=False, rtol=1e-5)  # one thread per worker
     # key=value overrides as for `dynamics run` (issue 8.5): a grid with overrides has other run directories
     assert cli_main(args + ["train.lr=0.002"]) == 2
     assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
