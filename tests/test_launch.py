@@ -16,7 +16,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from dynamics.cli import main as cli_main
 from dynamics.config import ConfigError, InitConfig, RunConfig
-from dynamics.launch import absolute_init, launch, load_profile, plan, readiness, slurm_parameters
+from dynamics.launch import absolute_init, launch, load_profile, plan, readiness, slurm_parameters, slurm_time_left_s
 from dynamics.results import (
     JOB_FILE,
     checkpoint_path,
@@ -222,6 +222,20 @@ def fake_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     (tmp_path / "cluster.toml").write_text(PROFILE)
     return tmp_path
+
+
+@pytest.mark.parametrize("printed, left", [
+    ("1:00|1:25", -25),  # what a real squeue prints once a lowered limit (scontrol) is behind the job; %L: INVALID
+    ("1-02:00:00|59:59", 26 * 3600 - 3599),
+    ("5:00|0:07", 293),
+    ("UNLIMITED|12:00", None),
+    ("", None),  # the job has left the queue
+])
+def test_slurm_time_left_is_limit_minus_time_used(fake_slurm, printed, left):
+    """A USR2 is read as a time-out from the time left; past the limit it must be negative, not unknown (a
+    time-out read as a preemption does not count against max_num_timeout)."""
+    (fake_slurm / "queue").write_text(printed + "\n")
+    assert slurm_time_left_s("77") == left
 
 
 def test_slurm_arrays_dependencies_and_profile(fake_slurm):

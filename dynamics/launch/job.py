@@ -107,18 +107,26 @@ def _near_time_limit(handler: Any, signal_delay_s: float) -> bool:
 
 
 def slurm_time_left_s(job_id: str) -> float | None:
-    """Seconds left before a SLURM job's time limit (squeue %L: [days-][hours:]minutes:seconds); None if unknown."""
+    """Seconds left before a SLURM job's time limit, negative once past it; None if unknown (no such job,
+    UNLIMITED). Computed as limit minus time used (squeue %l and %M): squeue's own time left (%L) prints
+    INVALID for a job past its limit, which is exactly the job a limit lowered under it (scontrol) gets."""
     if not job_id:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%l|%M"], capture_output=True, text=True, timeout=10)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None
-    text = out.stdout.strip()
-    days, _, clock = text.rpartition("-")
+    limit, _, used = out.stdout.strip().partition("|")
+    limit_s, used_s = slurm_duration_s(limit), slurm_duration_s(used)
+    return None if limit_s is None or used_s is None else limit_s - used_s
+
+
+def slurm_duration_s(text: str) -> int | None:
+    """A SLURM duration, [days-][hours:]minutes:seconds, in seconds; None for anything else (UNLIMITED, INVALID)."""
+    days, _, clock = text.strip().rpartition("-")
     parts = clock.split(":")
-    if not text or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
-        return None  # UNLIMITED, INVALID, or the job has left the queue
+    if not clock or not all(p.isdigit() for p in parts) or len(parts) > 3 or (days and not days.isdigit()):
+        return None
     seconds = 0
     for p in parts:
         seconds = seconds * 60 + int(p)
