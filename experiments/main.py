@@ -3,7 +3,7 @@
 Vanilla, MinSNR + L_u and DTD + L_u are also the runs of v-quality (vanilla vs MinSNR + L_u), convergence
 (vanilla vs DTD + L_u) and k-schedule's k = 1 (DTD + L_u): those studies reference these runs instead of training
 copies (`registry.shared`), so each carries the union of their evaluations (32/64/128-NFE v at the end; an EMA
-evaluation every convergence.EVERY epochs).
+evaluation every convergence.EVERY epochs) at the scales where those studies run (not at digits).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .registry import (
     Reference,
     RunSpec,
     base_config,
+    get_study,
     joint,
     paper_method,
     register,
@@ -61,7 +62,7 @@ def main(scale: str) -> list[RunSpec]:
     for method in METHODS:
         cfg = base_config(scale, method, steps_per_epoch=LONG_RUN_STEPS_PER_EPOCH)
         cfg.phases = [joint(EPOCHS)]
-        studies = also.get(method, ())
+        studies = [s for s in also.get(method, ()) if scale not in get_study(s).unsupported]  # run at this scale
         if "v-quality" in studies:  # 32/64/128-NFE v at the end
             cfg.eval.nfe_v = list(NFE_V)
         if "convergence" in studies:  # the curve: 1-NFE EMA evaluations every EVERY epochs, the rest at the end

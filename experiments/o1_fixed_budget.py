@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from .registry import (
     CONSTANT_LR_NOTE,
-    CPU_TREND_SEEDS,
     FINE_TUNE_BAR,
     NOT_AT_DIGITS,
+    TREND_SEEDS,
     Finding,
     Metric,
     Reference,
@@ -31,7 +31,7 @@ BUDGET = 80
     finding=Finding("early v investment is more efficient",
                     holds_if="at E_v + E_u = 80 the 1-NFE metric falls as E_v grows", comparison="trend",
                     tag="E_v", direction="decreasing"),
-    seeds=CPU_TREND_SEEDS,
+    seeds=TREND_SEEDS,
     reference=(Reference({"E_v": max(E_V)}, FINE_TUNE_BAR, label="longest-E_v fine-tune"),),
     notes=(CONSTANT_LR_NOTE, "the grid shares one 40-epoch v-only run (checkpoints at 10/20/30/40)"),
 )

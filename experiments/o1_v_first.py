@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .registry import (
     CONSTANT_LR_NOTE,
-    CPU_TREND_SEEDS,
     FINE_TUNE_BAR,
+    TREND_SEEDS,
     ExtraFinding,
     Finding,
     Metric,
@@ -34,7 +34,7 @@ U_EVAL_EVERY = 10  # a few intermediate 1-NFE evaluations (EMA weights) in each 
                     holds_if="the 1-NFE metric falls as E_v grows", comparison="trend", tag="E_v",
                     direction="decreasing"),
     reference=(Reference({"E_v": max(E_V)}, FINE_TUNE_BAR, label="longest-E_v fine-tune"),),
-    seeds=CPU_TREND_SEEDS,
+    seeds=TREND_SEEDS,
     notes=(CONSTANT_LR_NOTE, "the five fine-tunes share one 20-epoch v-only run (checkpoints at 5/10/15/20)",
            f"fine-tunes evaluate 1-NFE every {U_EVAL_EVERY} epochs (EMA weights) for the stability finding"),
     extra_findings=(ExtraFinding(

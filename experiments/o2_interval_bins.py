@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .registry import (
     CONSTANT_LR_NOTE,
-    CPU_TREND_SEEDS,
+    TREND_SEEDS,
     V_BAR,
     ExtraFinding,
     Finding,
@@ -37,7 +37,7 @@ U_EPOCHS = 40
     finding=Finding("small dt builds and refines v; large dt neither builds nor keeps it",
                     holds_if="under both inits the 32-NFE v metric rises as the bin's dt grows",
                     comparison="trend", tag="dt_lo", direction="increasing"),
-    seeds=CPU_TREND_SEEDS,
+    seeds=TREND_SEEDS,
     reference=(Reference({"role": "v-pretrain"}, V_BAR, "v", 32, label="v-only parent"),),
     notes=(CONSTANT_LR_NOTE, "the four v-only-init runs share one 40-epoch v-only run"),
     extra_findings=(ExtraFinding(

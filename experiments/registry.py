@@ -94,11 +94,12 @@ SCALE_SETTINGS: dict[str, ScaleSettings] = {
                          eval_metrics=("sw2",),
                          note=f"{CPU_STEPS_PER_EPOCH} steps (batch 1024) per epoch; warm-up 60 steps; EMA 0.99; "
                               "4096 eval samples, sliced W2 only"),
-    # digits: the main ablation's 240 epochs are 1,920 steps, longer than the calibrated 1,200-step preset;
-    # O1, O2, O3, main and calibration at 3 seeds are 62,400 steps (dry-run: ~81 min with 2 runs at once at
-    # the cost model's 8 steps/s, ~2.2 h at the 5 steps/s measured on a lightly loaded machine).
-    "digits": ScaleSettings(8, 3, warmup_steps=100, class_conditional=True,
-                            note="8 steps (batch 256) per epoch; 3 seeds; EMA 0.99 from the preset"),
+    # digits: 20 steps per epoch so that the 40-epoch v-only parent (800 steps) is in the learning regime: a
+    # constant-lr v-only run measured 32-NFE v FD 183 / 70 / 37 / 15 / 12 (71 / 27 / 14 / 5.9 / 4.8% of the noise
+    # distance) at steps 320 / 480 / 640 / 800 / 960, and a joint run's 1-NFE 24.8 / 14.8 at 800 / 960 (README,
+    # "the digits reproduction"); main runs 5 steps per epoch (LONG_RUN_STEPS_PER_EPOCH) and contaminated v 16.
+    "digits": ScaleSettings(20, 3, warmup_steps=100, class_conditional=True,
+                            note="20 steps (batch 256) per epoch; warm-up 100 steps; EMA 0.99 from the preset"),
     "b4": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
     "m2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
     "l2": ScaleSettings(1281167 // 256, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
@@ -121,19 +122,21 @@ def paper_method(study: str) -> str:
         raise RegistryError(f"study {study!r} has no paper method; known: {', '.join(PAPER_METHOD)}")
     return PAPER_METHOD[study]
 
-# Seeds per study at cpu scale where fewer than the scale's 3 carry the power (README, "where the time goes"): the
-# trend findings are a regression over the grid's points x seeds (O1: 5 E_v values, O2: 4 bins x 2 inits,
-# contamination: 5 k), with ample degrees of freedom at 2 seeds; the paired comparisons (main, k-schedule, v-quality,
-# convergence) keep 3, since 2 pairs leave one degree of freedom (t = 12.7 for a 95% interval).
-CPU_TREND_SEEDS = {"cpu": 2}
+# Seeds per study at cpu and digits scale where fewer than the scale's 3 carry the power (README, "where the time
+# goes"): the trend findings are a regression over the grid's points x seeds (O1: 5 E_v values, O2: 4 bins x 2
+# inits, contamination: 5 k), with ample degrees of freedom at 2 seeds; the paired comparisons (main, k-schedule,
+# v-quality, convergence) keep 3, since 2 pairs leave one degree of freedom (t = 12.7 for a 95% interval).
+TREND_SEEDS = {"cpu": 2, "digits": 2}
 
 # Steps per epoch for the 240-epoch joint studies (main, whose runs v-quality and convergence share, and k-schedule)
 # where the scale's own would not fit its time budget: at cpu, 10 (a third of 30) makes them 2,400 steps, 0.6x the
 # calibrated vanilla's 4,000, and the reproduction fits 45 minutes on 2 cores (README, "where the time goes"; at 15
-# the measured reproduction took 67 minutes with vanilla 1-NFE at 10.9% of the noise distance). Their epochs, and so
-# every schedule inside them (DTD's stages, L_u's s = 1 - (i/T)^k, the convergence curve), read as the paper's;
-# their reference (vanilla 1-NFE within 20% of the noise distance) checks that they still learn.
-LONG_RUN_STEPS_PER_EPOCH = {"cpu": 10}
+# the measured reproduction took 67 minutes with vanilla 1-NFE at 10.9% of the noise distance). At digits, 5 (a
+# quarter of 20) makes main's runs 1,200 steps: the first digits preset's length, whose three vanilla seeds were at
+# 5-13% of the noise distance. Their epochs, and so every schedule inside them (DTD's stages, L_u's
+# s = 1 - (i/T)^k, the convergence curve), read as the paper's; their reference (vanilla 1-NFE within 20% of the
+# noise distance) checks that they still learn.
+LONG_RUN_STEPS_PER_EPOCH = {"cpu": 10, "digits": 5}
 
 CONSTANT_LR_NOTE = ("shared prefixes: every run of this study uses train.lr_schedule=constant (warm-up kept), so a "
                     "fine-tune inherits its parent's prefix exactly (a cosine decay would depend on each run's length)")

@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from dynamics.config import METHODS, SCALES, preset
+from experiments.o1_contaminated_v import STEPS_PER_EPOCH as CONTAMINATION_STEPS_PER_EPOCH
 from experiments.registry import (
     LONG_RUN_STEPS_PER_EPOCH,
     PAPER_METHOD,
@@ -60,12 +61,12 @@ def test_every_study_builds_at_every_scale():
                 owner = f"{r.owner}/{r.owner_key}" if r.owner else f"{study.name}/{r.key}"  # shared: the owner's
                 assert r.config.scale == scale and r.hash and r.config.name == owner
                 # calibration runs the scale's preset as it is; the 240-epoch joint studies their own epoch length
-                # where the scale names one (and the studies sharing their runs, through them); every other study
-                # uses the scale's epoch
-                long_run = (r.owner or study.name) in ("main", "k-schedule")
+                # where the scale names one (and the studies sharing their runs, through them), contaminated v its
+                # own at digits; every other study uses the scale's epoch
+                own = {"main": LONG_RUN_STEPS_PER_EPOCH, "k-schedule": LONG_RUN_STEPS_PER_EPOCH,
+                       "o1-contaminated-v": CONTAMINATION_STEPS_PER_EPOCH}.get(r.owner or study.name, {})
                 expected = (preset(scale).train.steps_per_epoch if study.name == "calibration"
-                            else LONG_RUN_STEPS_PER_EPOCH.get(scale, SCALE_SETTINGS[scale].steps_per_epoch)
-                            if long_run else SCALE_SETTINGS[scale].steps_per_epoch)
+                            else own.get(scale, SCALE_SETTINGS[scale].steps_per_epoch))
                 assert r.config.train.steps_per_epoch == expected
                 assert r.tags["seed"] == r.config.train.seed
 
@@ -78,7 +79,7 @@ def test_seeds_and_default_counts():
     assert len(parents) == 3  # one shared pre-training run per seed, not one per grid point
     child = next(r for r in runs if r.key == "E_v=5/s2")
     assert child.depends_on == ["v-pretrain/s2"]
-    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (registry.CPU_TREND_SEEDS)
+    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (registry.TREND_SEEDS)
     assert len(get_study("o1-v-first").runs("cpu")) == 12 and len(get_study("main").runs("cpu")) == 18
     assert len(get_study("o1-v-first").runs("cpu", seeds=5)) == 30
 
@@ -126,7 +127,7 @@ def test_o1_contaminated_grid():
         assert [r.tags["ratio_b4"] for r in literal] == pytest.approx([0.0, 0.64, 1.92, 6.4, 19.2])
         normalised = [r for r in runs if r.tags["form"] == "normalised"]
         assert [(r.config.objective.contamination_k, r.config.objective.contamination_form) for r in normalised] == (
-            [] if scale == "cpu" else [(0.03, "normalised"), (0.3, "normalised")])  # cpu: cut for time
+            [] if scale in ("cpu", "digits") else [(0.03, "normalised"), (0.3, "normalised")])  # cut for time
         assert all(phases(r) == [(80.0, "both")] and r.config.objective.beta == "none" for r in runs)
 
 
