@@ -23,8 +23,8 @@ def study_times(store: Path) -> dict[str, list]:
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if not rows:
             continue
-        # time and rate are since the process started: step - rate * time is that start (a resumed run's too)
-        start = round(rows[0]["step"] - rows[0]["steps_per_s"] * rows[0]["time"])
+        # the step the first process started from (stores written before rows had start_step: step - rate * time)
+        start = rows[0].get("start_step", round(rows[0]["step"] - rows[0]["steps_per_s"] * rows[0]["time"]))
         evals = metrics.with_name("eval.jsonl")
         n_evals = len({json.loads(line)["step"] for line in evals.read_text().splitlines() if line.strip()}) \
             if evals.exists() else 0

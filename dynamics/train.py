@@ -325,12 +325,12 @@ class Trainer:
                     return read_status(self.run_dir)
                 bar.update(1)
                 if self.dist.is_main and (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
-                    elapsed = max(1e-9, time.time() - start_time)  # one clock read: step - rate * time = start step
+                    elapsed = max(1e-9, time.time() - start_time)
                     append_jsonl(self.run_dir / METRICS_FILE, {
                         "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
                         **stats, "dtd_stage": None,  # a v_time piece's stats (DTD: its stage) fill it
                         **(self.v_time.stats() if hasattr(self.v_time, "stats") else {}),
-                        "time": elapsed, "steps_per_s": (self.step - start_step) / elapsed})
+                        "start_step": start_step, "time": elapsed, "steps_per_s": (self.step - start_step) / elapsed})
                 if self.eval_due(self.step):
                     self.evaluate()
                 if (self.step % self.cfg.train.ckpt_every == 0 or self.step == self.total_steps

@@ -135,7 +135,7 @@ def test_preempted_and_killed_run_resumes_to_the_same_parameters(tmp_path):
     rows = read_jsonl(run.run_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 800
-    starts = {round(r["step"] - r["steps_per_s"] * r["time"]) for r in rows}  # where each process started
+    starts = {r["start_step"] for r in rows}  # where each process started
     assert len(starts) == 3 and 0 in starts and killed_at in starts  # first job, its requeue, the resubmission
 
     train(absolute_init(run.config.to_dict(), root), tmp_path / "uninterrupted")

@@ -100,10 +100,10 @@ def step_of(run_dir: Path) -> int:
 
 
 def process_starts(run_dir: Path) -> list[int]:
-    """The step each training process started from, from metrics.jsonl (time and rate are since its start)."""
+    """The step each training process started from, in the order they ran (metrics.jsonl's start_step)."""
     starts = []
     for row in read_jsonl(run_dir / METRICS_FILE):
-        start = round(row["step"] - row["steps_per_s"] * row["time"])
+        start = row["start_step"]
         if not starts or start != starts[-1]:
             starts.append(start)
     return starts

@@ -121,7 +121,7 @@ def test_run_directory_contents(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["batch_size"] == 128
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert {"step", "epoch", "loss", "loss_v", "loss_u", "lr", "time"} <= set(metrics[-1])
+    assert {"step", "epoch", "loss", "loss_v", "loss_u", "lr", "start_step", "time"} <= set(metrics[-1])
     evals = read_jsonl(run / "eval.jsonl")
     final = [r for r in evals if r["step"] == 30]
     assert {(r["sampler"], r["nfe"]) for r in final} == {("u", 1), ("u", 2), ("v", 8)}
