@@ -21,7 +21,7 @@ from . import pieces
 from .config import DTDConfig, PhaseConfig, RunConfig
 from .meanflow.loss import MeanFlowLoss
 from .meanflow.samplers import TimeSampler, build_sampler
-from .pieces import PieceContext, register_piece
+from .pieces import PieceContext, PieceError, VTimePiece, register_piece
 
 
 class MinSNRWeight:
@@ -81,10 +81,14 @@ def build_v_time(cfg: RunConfig):
     across phases and checkpoints (DTD's stage)."""
     pieces.import_modules(cfg.modules)
     base = build_sampler(cfg.objective.sampler)
-    return build_piece("v_time", cfg, PieceContext(base, base, cfg.total_steps(), cfg.objective))
+    piece = build_piece("v_time", cfg, PieceContext(base, base, cfg.total_steps(), cfg.objective))
+    if piece is not None and not isinstance(piece, VTimePiece):
+        raise PieceError(f"objective.v_sampling={cfg.objective.v_sampling!r} returned a {type(piece).__name__!r}; "
+                         "a v_time piece must subclass dynamics.pieces.VTimePiece (its hooks default to no-ops)")
+    return piece
 
 
-class DTDSchedule:
+class DTDSchedule(VTimePiece):
     """DTD (Kim, Go et al. 2024): N equal-probability clusters of the v-row t distribution, easiest first.
 
     Cluster j covers the quantiles [1 - (j + 1) / N, 1 - j / N] (j = 0 is t near 1, the noisiest and

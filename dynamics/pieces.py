@@ -2,10 +2,10 @@
 
 - `alpha`  (objective.alpha):       alpha(t) -> weight of the v term;
 - `beta`   (objective.beta):        beta(dt, step) -> weight of the u term;
-- `v_time` (objective.v_sampling):  where the v rows' t fall: an object with `quantiles(n, gen, device)`, n
-  quantiles q in [0, 1] of the phase sampler's v-row t distribution (t = F_v^-1(q)); optionally
-  `update(step, loss_v)` after every step, `state_dict()` / `load_state_dict()` (checkpointed) and `stats()`
-  (logged in metrics.jsonl);
+- `v_time` (objective.v_sampling):  where the v rows' t fall: a `VTimePiece` whose `quantiles(n, gen, device)`
+  gives n quantiles q in [0, 1] of the phase sampler's v-row t distribution (t = F_v^-1(q)); it may override
+  `update(step, loss_v)` (after every step), `state_dict()` / `load_state_dict()` (checkpointed) and `stats()`
+  (logged in metrics.jsonl), which do nothing by default;
 - `target` (objective.target_transform): `transform(u_tgt, inputs: TargetInputs) -> u_tgt`, applied to the
   stop-gradient target before the loss (and before O1's contamination probe).
 
@@ -65,6 +65,27 @@ class Piece:
     build: Callable[[PieceContext, Any], Callable]
     params: type | None
     module: str
+
+
+class VTimePiece:
+    """Base of a v_time piece: the hooks the trainer calls, as no-ops, so a piece overrides only what it uses."""
+
+    def quantiles(self, n: int, gen: Any, device: Any) -> Any:
+        """n quantiles in [0, 1] of the phase sampler's v-row t distribution (a torch.Tensor on `device`)."""
+        raise NotImplementedError
+
+    def update(self, step: int, loss_v: float) -> None:
+        """After each optimiser step, with the batch's mean v error (nan when it had no v rows)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned."""
+
+    def stats(self) -> dict:
+        """Columns for metrics.jsonl."""
+        return {}
 
 
 class PieceError(ValueError):

@@ -29,6 +29,7 @@ from .curriculum import build_objective, build_v_time
 from .data import Dataset, build_dataset
 from .metrics.evaluate import Evaluator
 from .models import build_model
+from .pieces import VTimePiece
 from .results import (
     CONFIG_FILE,
     EVAL_FILE,
@@ -154,6 +155,7 @@ class Trainer:
         self.bounds = phase_boundaries(cfg)
         self.total_steps = self.bounds[-1]
         self.v_time = build_v_time(cfg)  # DTD or a user's v_time piece; None: the sampler's own v rows
+        self.v_time_hooks = self.v_time if self.v_time is not None else VTimePiece()  # no-ops without a piece
         self.step = 0
         self.kept_epoch_at_step = {round(e * tc.steps_per_epoch): e for e in tc.keep_epochs}
         self._stop_after: int | None = None  # tests: stop right after this step's checkpoint, as a kill would
@@ -168,7 +170,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "v_time": self.v_time.state_dict() if hasattr(self.v_time, "state_dict") else None,
+            "v_time": self.v_time_hooks.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
         }
@@ -179,8 +181,8 @@ class Trainer:
         if optimizer:
             self.opt.load_state_dict(state["optimizer"])
         v_time_state = state.get("v_time", state.get("dtd"))  # "dtd": checkpoints written before v_time pieces
-        if hasattr(self.v_time, "load_state_dict") and v_time_state:
-            self.v_time.load_state_dict(v_time_state)
+        if v_time_state:
+            self.v_time_hooks.load_state_dict(v_time_state)
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
 
@@ -277,8 +279,7 @@ class Trainer:
         update_ema(self.ema, self.model, cfg.train.ema_decay)
         self.step += 1
         loss_v = float(out.loss_v)
-        if hasattr(self.v_time, "update"):
-            self.v_time.update(self.step, loss_v)
+        self.v_time_hooks.update(self.step, loss_v)
         stats = {"loss": float(out.loss.detach()), "loss_v": loss_v, "loss_u": float(out.loss_u), "lr": lr}
         if out.noise_ratio is not None:  # O1 contamination: the measured ||noise|| / ||v|| (issue 8.4)
             stats["noise_ratio"] = float(out.noise_ratio)
@@ -329,7 +330,7 @@ class Trainer:
                     append_jsonl(self.run_dir / METRICS_FILE, {
                         "step": self.step, "epoch": self.epoch(self.step), "phase": self.phase_index(self.step - 1),
                         **stats, "dtd_stage": None,  # a v_time piece's stats (DTD: its stage) fill it
-                        **(self.v_time.stats() if hasattr(self.v_time, "stats") else {}),
+                        **self.v_time_hooks.stats(),
                         "start_step": start_step, "time": elapsed, "steps_per_s": (self.step - start_step) / elapsed})
                 if self.eval_due(self.step):
                     self.evaluate()

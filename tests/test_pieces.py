@@ -133,7 +133,7 @@ class NoisyHalf:
             raise ValueError(f"objective.v_sampling_params.lo={self.lo} must be in [0, 1)")
 
 
-class _NoisyHalfSampler:
+class _NoisyHalfSampler(pieces.VTimePiece):
     def __init__(self, lo: float):
         self.lo, self.calls = lo, 0
 
@@ -156,6 +156,20 @@ class _NoisyHalfSampler:
 @pieces.register_piece("v_time", "noisy_half", params=NoisyHalf)
 def _noisy_half(ctx, params: NoisyHalf):
     return _NoisyHalfSampler(params.lo)
+
+
+@pieces.register_piece("v_time", "duck_typed")
+def _duck_typed(ctx, params: None):
+    return object()  # has no VTimePiece hooks
+
+
+def test_v_time_piece_must_subclass_the_base():
+    from dynamics.curriculum import build_v_time
+
+    cfg = apply_overrides(preset("smoke"), ["objective.v_sampling=duck_typed"])
+    with pytest.raises(pieces.PieceError, match="objective.v_sampling='duck_typed' returned a 'object'; a v_time piece "
+                                                 "must subclass dynamics.pieces.VTimePiece"):
+        build_v_time(cfg)
 
 
 @dataclass
