@@ -340,8 +340,11 @@ def _check(method: str, optimizer: str, batches: int, train_window: int, lr: flo
         raise AffinityError(f"lr={lr} must be > 0")
 
 
+DEFAULT_BATCHES = 16  # batches a TAS value averages over
+
+
 def task_affinity(source: str | Path | RunConfig | nn.Module, tasks: Sequence[Task | TaskSpec | str] | str,
-                  method: str = "lookahead", batches: int = 16, *, cfg: RunConfig | None = None,
+                  method: str = "lookahead", batches: int = DEFAULT_BATCHES, *, cfg: RunConfig | None = None,
                   epoch: float | None = None, optimizer: str = "sgd", lr: float | None = None,
                   recompute_target: bool = True, recompute_weight: bool = False, train_window: int = 0,
                   batch_size: int | None = None, seed: int = 0, device: str | torch.device | None = None,

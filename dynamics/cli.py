@@ -321,7 +321,7 @@ def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS) of one run, of a preset's fresh init, or of every init of a study (DESIGN section 5)."""
     from experiments.registry import get_study
 
-    from .affinity import affinity_matrix, describe, task_affinity
+    from .affinity import DEFAULT_BATCHES, affinity_matrix, describe, task_affinity
     from .results import atomic_write_bytes
     from .study_tas import DEFAULT_VARIANT, study_affinity
 
@@ -356,6 +356,7 @@ def cmd_tas(args: argparse.Namespace) -> int:
         source = args.targets[0]
     else:
         return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
+    settings["batches"] = settings["batches"] or DEFAULT_BATCHES
     frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))
@@ -467,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="with --study: seeds 0..N-1 (default: the scale's)")
     p.add_argument("--tasks", help="comma-separated: v, u, both, u[a,b] (default: v,u)")
     p.add_argument("--method", default="lookahead", choices=TAS_METHODS)
-    p.add_argument("--batches", type=int, default=16, help="batches averaged over (default: 16)")
+    p.add_argument("--batches", type=int, default=None,
+                   help="batches averaged over (default: 16; with --study at digits scale 8)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
     p.add_argument("--optimizer", default="sgd", choices=TAS_OPTIMIZERS,
                    help="lookahead step: a plain gradient step at lr (default), one of length lr*sqrt(#params), "

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dynamics import study_tas
 from dynamics.affinity import (
     AffinityError,
     affinity_matrix,
@@ -25,7 +26,7 @@ from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample
 from dynamics.meanflow.target import mean_flow_target
 from dynamics.meanflow.tasks import TaskSpec, dt_bin
 from dynamics.models.mlp import MLP
-from dynamics.study_tas import STUDY_VARIANTS, study_affinity
+from dynamics.study_tas import DEFAULT_VARIANT, STUDY_VARIANTS, study_affinity
 from dynamics.train import train
 from experiments.registry import get_study
 
@@ -217,7 +218,7 @@ def test_cli_run_dir_preset_and_bad_task(smoke_run, tmp_path, capsys):
     assert "task 'u[0.9,0.1]': the bin needs 0 <= a <= b <= 1" in capsys.readouterr().err
 
 
-def test_cli_study_writes_tas_csv(tmp_path, capsys):
+def test_cli_study_writes_tas_csv(tmp_path, capsys, monkeypatch):
     args = ["tas", "--study", "o3-task-affinity", "--scale", "smoke", "--results", str(tmp_path), "--batches", "1",
             "--batch-size", "32", "--quiet"]
     assert cli_main(args) == 2
@@ -236,6 +237,11 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys):
     study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, jobs=2)
     parallel = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
     pd.testing.assert_frame_equal(parallel, frame, check_exact=False, rtol=1e-5)  # one thread per worker
+    # without --batches, the scale's STUDY_BATCHES (digits: 8), else the library's 16
+    assert set(frame["n"]) == {1}
+    monkeypatch.setitem(study_tas.STUDY_BATCHES, "smoke", 2)
+    scaled = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batch_size=32, variants=[DEFAULT_VARIANT])
+    assert set(scaled["n"]) == {2} and study_tas.STUDY_BATCHES["digits"] == 8
     # key=value overrides as for `dynamics run` (issue 8.5): a grid with overrides has other run directories
     assert cli_main(args + ["train.lr=0.002"]) == 2
     assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
