@@ -3,12 +3,18 @@
 This is study-level orchestration, so it sits beside the launcher (it finds the inits' runs through the
 launch plan) and above the library: `dynamics.affinity` measures TAS between tasks on one set of weights
 and knows nothing of studies.
+
+Each (seed, init) unit is saved when it finishes (`tas_units/` beside tas.csv, keyed by everything that
+decides its numbers), so a killed or repeated `dynamics reproduce` measures only the units it lacks, as
+finished runs skip.
 """
 
 from __future__ import annotations
 
 import copy
 import multiprocessing
+import pickle
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,9 +26,10 @@ from experiments.registry import Study
 from .affinity import DEFAULT_BATCHES, AffinityError, task_affinity
 from .config import InitConfig, RunConfig
 from .launch import plan
-from .results import atomic_write_bytes
+from .results import atomic_write_bytes, config_hash
 
 TAS_FILE = "tas.csv"
+UNITS_DIR = "tas_units"  # one pickled list of frames per finished (seed, init) unit
 
 # O3's step variants (issue 8.5): the verdict is computed under each; `b` is the headline.
 STUDY_VARIANTS: dict[str, dict] = {
@@ -37,10 +44,28 @@ DEFAULT_VARIANT = "b: grad step of equal length"
 STUDY_BATCHES = {"digits": 8}
 
 
+def _unit_key(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: list[str],
+              kwargs: dict) -> str:
+    """What decides a unit's numbers: the weights (a run directory's name is its config hash; a fresh init's
+    config), the tasks, the variants and the TAS settings (not `progress`)."""
+    weights = source.to_dict() if isinstance(source, RunConfig) else Path(source).name
+    settings = {k: v for k, v in kwargs.items() if k != "progress"}
+    return config_hash(dict(init=init, seed=seed, weights=weights, tasks=[str(t) for t in tasks],
+                            variants=variants, settings=settings), length=16)
+
+
+def _load_unit(path: Path) -> list[pd.DataFrame] | None:
+    """A saved unit, or None where it is absent or unreadable (then it is measured again)."""
+    try:
+        return pickle.loads(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
+        return None
+
+
 def _unit(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: list[str],
-          kwargs: dict) -> list[pd.DataFrame]:
+          kwargs: dict, save_to: Path | None = None) -> list[pd.DataFrame]:
     """Every variant's TAS on one init's weights for one seed (each lookahead variant with the target
-    recomputed and held)."""
+    recomputed and held), saved to `save_to` (atomically) as soon as it is measured."""
     parts = []
     for variant in variants:
         settings = STUDY_VARIANTS[variant]
@@ -52,6 +77,8 @@ def _unit(init: str, seed: int, source: str | Path | RunConfig, tasks: list, var
             part.insert(2, "variant", variant)
             part.insert(3, "target_mode", mode)
             parts.append(part.assign(**{k: v for k, v in part.attrs.items() if k not in part.columns}))
+    if save_to is not None:
+        atomic_write_bytes(save_to, pickle.dumps(parts))
     return parts
 
 
@@ -109,11 +136,24 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
                                         f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
                 source = run.run_dir
             units.append((init, seed, source, list(study.tasks), names, kwargs))
-    if jobs > 1:  # one process per unit, one torch thread each (spawned: the parent's torch state stays its own)
+    units_dir = Path(root) / scale / study.name / UNITS_DIR
+    saved: dict[int, list[pd.DataFrame]] = {}
+    todo = []
+    for i, unit in enumerate(units):
+        path = units_dir / f"{unit[0]}-s{unit[1]}-{_unit_key(*unit)}.pkl"
+        found = _load_unit(path)
+        if found is None:
+            todo.append((i, (*unit, path)))
+        else:
+            saved[i] = found
+    print(f"TAS {study.name} ({scale}): {len(units)} (init, seed) units, {len(saved)} saved, {len(todo)} to measure",
+          file=sys.stderr)
+    if jobs > 1 and len(todo) > 1:  # one process per unit, one torch thread each (spawned: own torch state)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = [part for unit in pool.map(_unit_threaded, units) for part in unit]
+            saved.update(zip([i for i, _ in todo], pool.map(_unit_threaded, [u for _, u in todo])))
     else:
-        parts = [part for unit in units for part in _unit(*unit)]
+        saved.update((i, _unit(*unit)) for i, unit in todo)
+    parts = [part for i in range(len(units)) for part in saved[i]]
     frame = pd.concat(parts, ignore_index=True).rename(columns={"mean": "value"})
     frame.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("weights", "step", "seed")}
     atomic_write_bytes(Path(root) / scale / study.name / TAS_FILE, frame.to_csv(index=False).encode())

@@ -237,6 +237,23 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys, monkeypatch):
     study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, jobs=2)
     parallel = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
     pd.testing.assert_frame_equal(parallel, frame, check_exact=False, rtol=1e-5)  # one thread per worker
+    # every (init, seed) unit was saved as it finished: a repeated call measures nothing and writes the same table,
+    # and a unit whose file is lost (a killed run) is the only one measured again
+    units = sorted((tmp_path / "smoke" / "o3-task-affinity" / study_tas.UNITS_DIR).glob("*.pkl"))
+    assert len(units) == 2 * 3 * frame["seed"].nunique()  # two settings (the CLI's, the call's) x 3 inits x seeds
+    measured = []
+    real = study_tas.task_affinity
+    monkeypatch.setattr(study_tas, "task_affinity", lambda *a, **k: measured.append(1) or real(*a, **k))
+    again = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32)
+    assert measured == [] and not again.empty
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv"), parallel)
+    lost = [u for u in units if u.name.startswith("v-only-s0-")]  # that unit under both settings
+    for u in lost:
+        u.unlink()
+    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32)
+    assert len(measured) == 7  # that unit's 3 lookahead variants x 2 targets + cosine
+    assert sum(u.exists() for u in lost) == 1  # saved again under the call's settings
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv"), parallel)
     # without --batches, the scale's STUDY_BATCHES (digits: 8), else the library's 16
     assert set(frame["n"]) == {1}
     monkeypatch.setitem(study_tas.STUDY_BATCHES, "smoke", 2)
