@@ -40,6 +40,7 @@ Measured by benchmarks/step_cost.py:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -50,6 +51,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from .path import expand_like
+
+# torch's forward-mode AD scripts its JVP decompositions on first use (torch/_decomp/decompositions_for_jvp.py),
+# which warns once per process that torch.jit.script is deprecated: torch's own call, nothing a user can act on.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning,
+                        module="torch.jit._script")
 
 # u_theta(z, r, t, y): the network as a function; y (class labels) may be None.
 UFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
