@@ -356,7 +356,8 @@ def cmd_tas(args: argparse.Namespace) -> int:
         source = args.targets[0]
     else:
         return _fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
-    settings["batches"] = settings["batches"] or DEFAULT_BATCHES
+    if settings["batches"] is None:
+        settings["batches"] = DEFAULT_BATCHES
     frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))

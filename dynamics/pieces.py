@@ -5,7 +5,7 @@
 - `v_time` (objective.v_sampling):  where the v rows' t fall: a `VTimePiece` whose `quantiles(n, gen, device)`
   gives n quantiles q in [0, 1] of the phase sampler's v-row t distribution (t = F_v^-1(q)); it may override
   `update(step, loss_v)` (after every step), `state_dict()` / `load_state_dict()` (checkpointed) and `stats()`
-  (logged in metrics.jsonl), which do nothing by default;
+  (logged in metrics.jsonl); each defaults to what a run without a piece does;
 - `target` (objective.target_transform): `transform(u_tgt, inputs: TargetInputs) -> u_tgt`, applied to the
   stop-gradient target before the loss (and before O1's contamination probe).
 
@@ -68,11 +68,15 @@ class Piece:
 
 
 class VTimePiece:
-    """Base of a v_time piece: the hooks the trainer calls, as no-ops, so a piece overrides only what it uses."""
+    """Base of a v_time piece: the hooks the trainer calls, each defaulting to what a run without a piece does
+    (the base sampler's v rows, no state, no stats), so a piece overrides only what it changes."""
 
     def quantiles(self, n: int, gen: Any, device: Any) -> Any:
-        """n quantiles in [0, 1] of the phase sampler's v-row t distribution (a torch.Tensor on `device`)."""
-        raise NotImplementedError
+        """n quantiles in [0, 1] of the phase sampler's v-row t distribution (a torch.Tensor on `device`); by
+        default uniform, the same draw the sampler makes without a piece (so the base v-row law)."""
+        import torch  # the CLI imports this module without torch
+
+        return torch.rand(n, generator=gen, device=device)
 
     def update(self, step: int, loss_v: float) -> None:
         """After each optimiser step, with the batch's mean v error (nan when it had no v rows)."""

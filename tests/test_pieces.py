@@ -163,6 +163,18 @@ def _duck_typed(ctx, params: None):
     return object()  # has no VTimePiece hooks
 
 
+def test_v_time_piece_base_draws_the_base_v_rows():
+    """A piece that overrides nothing samples t and r exactly as a run without a piece."""
+    from dynamics.meanflow.samplers import build_sampler
+
+    sampler = build_sampler(preset("digits").objective.sampler)
+    without = sampler.sample(64, 48, torch.Generator().manual_seed(3), torch.device("cpu"))
+    with_base = sampler.sample(64, 48, torch.Generator().manual_seed(3), torch.device("cpu"),
+                               pieces.VTimePiece().quantiles)
+    for a, b in zip(without, with_base):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_v_time_piece_must_subclass_the_base():
     from dynamics.curriculum import build_v_time
 
