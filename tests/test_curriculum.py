@@ -114,13 +114,12 @@ def test_dtd_patience_advances_on_plateau_only():
     assert dtd.stage == 2 and dtd.finished
 
 
-def test_dtd_stage_survives_resume(tmp_path):
+def test_dtd_stage_survives_resume(tmp_path, kill_after):
     cfg = _smoke("objective.v_sampling=dtd", "objective.dtd.clusters=5", "objective.dtd.pace_until=0.5",
                  "objective.dtd.mode=pace",
                  "train.epochs=4", "train.ckpt_every=10")
     first = Trainer(cfg, tmp_path / "run")
-    first._stop_after = 10
-    first.run()
+    kill_after(first, 10)
     stage_at_kill = first.v_time.stage
     assert stage_at_kill == 2  # 10 of 40 steps, clusters open every 4 steps
     resumed = Trainer(cfg, tmp_path / "run")

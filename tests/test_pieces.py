@@ -195,7 +195,7 @@ def _shrink_u(ctx, params: Shrink):
     return lambda u_tgt, inputs: torch.where(inputs.is_v[:, None], u_tgt, params.factor * u_tgt)
 
 
-def test_v_time_and_target_pieces_train_resume_and_transform(tmp_path):
+def test_v_time_and_target_pieces_train_resume_and_transform(tmp_path, kill_after):
     from dynamics.train import Trainer
 
     overrides = ["objective.v_sampling=noisy_half", "objective.v_sampling_params.lo=0.8",
@@ -222,8 +222,7 @@ def test_v_time_and_target_pieces_train_resume_and_transform(tmp_path):
     assert torch.allclose(shrunk[:d.n_v], plain[:d.n_v]) and torch.allclose(shrunk[d.n_v:], 0.25 * plain[d.n_v:])
 
     # its state is checkpointed and resumed; its stats are logged
-    trainer._stop_after = 8
-    trainer.run()
+    kill_after(trainer, 8)
     resumed = Trainer(cfg, tmp_path / "run")
     resumed.restore()
     assert resumed.v_time.calls == 8

@@ -77,11 +77,9 @@ def test_a_dying_holder_hands_the_lock_over_within_the_wait(tmp_path):
     assert 0.3 < waited < 10
 
 
-def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, kill_after):
     run_dir = tmp_path / "run"
-    killed = Trainer(small(), run_dir)
-    killed._stop_after = 40  # a kill right after the step-40 checkpoint
-    killed.run()
+    kill_after(Trainer(small(), run_dir), 40)
     assert torch.load(checkpoint_path(run_dir), weights_only=False)["step"] == 40
 
     real_save = torch.save
@@ -99,11 +97,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     assert not list(run_dir.rglob("*.tmp"))
 
 
-def test_unreadable_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
+def test_unreadable_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path, kill_after):
     run_dir = tmp_path / "run"
-    killed = Trainer(small(), run_dir)
-    killed._stop_after = 40  # a kill right after the step-40 checkpoint
-    killed.run()
+    kill_after(Trainer(small(), run_dir), 40)
     last = checkpoint_path(run_dir)
     assert torch.load(last.with_name(PREV_CKPT), weights_only=False)["step"] == 20
     last.write_bytes(last.read_bytes()[:len(last.read_bytes()) // 2])  # a torn file (no atomic rename)

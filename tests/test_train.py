@@ -32,13 +32,11 @@ def _params(model: torch.nn.Module) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+def test_resume_equals_uninterrupted_run(tmp_path, kill_after):
     cfg = _smoke("train.epochs=4", "train.ckpt_every=10")
     whole = Trainer(cfg, tmp_path / "whole")
     whole.run()
-    killed = Trainer(cfg, tmp_path / "killed")
-    killed._stop_after = 20  # "killed" right after the step-20 checkpoint
-    killed.run()
+    kill_after(Trainer(cfg, tmp_path / "killed"), 20)
     assert read_status(tmp_path / "killed")["state"] == "running"
     resumed = Trainer(cfg, tmp_path / "killed")
     resumed.run()

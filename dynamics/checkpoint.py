@@ -1,0 +1,71 @@
+"""A run's checkpoints: last.pt, the one before it (prev.pt), the kept epochs, and a parent run's to start from.
+
+Every checkpoint is written atomically (results.atomic_torch_save); prev.pt is a hard link to the last.pt
+being replaced, so a last.pt that cannot be read (a torn copy, a file system without atomic rename) falls
+back to the checkpoint before it instead of restarting the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .results import atomic_torch_save, checkpoint_path
+
+PREV_CKPT = "prev.pt"
+REQUIRED_KEYS = {"step", "model", "ema", "optimizer"}
+
+
+class Checkpointer:
+    """Writes (on the main rank only) and reads the checkpoints of the run in `run_dir`.
+
+    `keep`: step -> epoch of the checkpoints kept beside last.pt (train.keep_epochs), the ones a child run
+    or a TAS measurement starts from."""
+
+    def __init__(self, run_dir: Path, device: torch.device, is_main: bool, keep: dict[int, float]):
+        self.last = checkpoint_path(run_dir)
+        self.prev = self.last.with_name(PREV_CKPT)
+        self.run_dir, self.device, self.is_main, self.keep = run_dir, device, is_main, keep
+
+    def due(self, step: int, every: int, total_steps: int) -> bool:
+        return step % every == 0 or step == total_steps or step in self.keep
+
+    def save(self, state: dict) -> None:
+        if not self.is_main:
+            return
+        step = state["step"]
+        if self.last.exists():  # keep the previous good checkpoint: a hard link, then last.pt is replaced atomically
+            prev_tmp = self.last.with_name(f".{PREV_CKPT}.{os.getpid()}.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(self.last, prev_tmp)
+            os.replace(prev_tmp, self.prev)
+        atomic_torch_save(self.last, state)
+        if step in self.keep:
+            atomic_torch_save(checkpoint_path(self.run_dir, self.keep[step]), state)
+
+    def load_latest(self) -> dict | None:
+        """last.pt, or prev.pt when last.pt is unreadable; None for a run that has none. An unreadable file is
+        reported and skipped, never used."""
+        for path in (self.last, self.prev):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=False)
+                if not isinstance(state, dict) or not REQUIRED_KEYS <= set(state):
+                    raise ValueError("not a complete checkpoint")
+                return state
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
+                print(f"dynamics: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+        return None
+
+    def load_parent(self, run_dir: str | Path, epoch: float) -> dict:
+        """The checkpoint of the parent run this run starts from (config `init.run_dir`, `init.epoch`)."""
+        parent = checkpoint_path(Path(run_dir), epoch)
+        if not parent.exists():
+            raise FileNotFoundError(f"init.run_dir: no checkpoint {parent} (has the parent run finished "
+                                    f"epoch {epoch:g}? keep it with train.keep_epochs)")
+        return torch.load(parent, map_location=self.device, weights_only=False)
