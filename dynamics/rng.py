@@ -18,6 +18,7 @@ STREAMS = {
     "objective": 2,  # t, r, noise, class dropout and contamination, per (step, rank)
     "evaluation": 3,  # evaluation noise
     "tas": 4,  # TAS draws per measured batch
+    "latent": 5,  # ImageNet latents' posterior draws, mean + std * eps, per (step, rank)
 }
 
 

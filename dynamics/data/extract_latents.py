@@ -1,4 +1,4 @@
-"""Encode an ImageNet image folder into SD-VAE latent shards (the format of dynamics.data.imagenet).
+"""Encode an ImageNet image folder into SD-VAE latent shards (format: docs/latents.md).
 
     python -m dynamics.data.extract_latents --images DIR --vae PATH --out DIR [--batch 64] [--device cuda]
 
@@ -9,9 +9,9 @@
   ``huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir PATH``. ``sd-vae-ft-ema`` is the WRONG
   VAE (several ports used it by mistake): its latents differ and the paper's numbers do not transfer.
 - Preprocessing is ADM's center crop: box-downsample by 2 while the short side is >= 512, bicubic resize of
-  the short side to 256, center crop 256x256, scale to [-1, 1].
-- Latents are a SAMPLE of the posterior, ``latent_dist.sample() * 0.18215`` (the DiT / MeanFlow
-  convention), not its mean; the sampling is seeded by --seed. Flip augmentation happens at training time.
+  the short side to 256, center crop 256x256, scale to [-1, 1]. No flip.
+- Each image's posterior MEAN and STD are stored, both times 0.18215; training draws a fresh latent
+  ``mean + std * eps`` every step (dynamics.data.imagenet), as the official MeanFlow code does.
 """
 
 from __future__ import annotations
@@ -74,12 +74,35 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 def load_vae(path: Path, device: str):
     """Load diffusers' AutoencoderKL from a local directory only (diffusers is the optional 'paper' extra)."""
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: {path} has no config.json, so it is not a diffusers VAE directory; {VAE_HELP}")
     try:
         from diffusers.models import AutoencoderKL
     except ImportError as err:
         raise SystemExit("error: diffusers is not installed; run `pip install -e .[paper]`") from err
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:  # weights missing or unreadable
+        raise SystemExit(f"error: cannot load the VAE weights from {path} ({err}); {VAE_HELP}") from err
     return vae.to(device).eval()
+
+
+def encode_posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's (mean, std) of images in [-1, 1], both scaled by 0.18215 (float32)."""
+    posterior = vae.encode(images).latent_dist
+    return posterior.mean.float() * SCALE_FACTOR, posterior.std.float() * SCALE_FACTOR
+
+
+def extract(vae, loader, writer: ShardWriter, device: str, total: int) -> None:
+    """Encode every batch of `loader` and append its posterior moments to `writer`."""
+    done = 0
+    with torch.no_grad():
+        for images, y in loader:
+            mean, std = encode_posterior(vae, images.to(device))
+            writer.add(mean, y, std)
+            done += len(y)
+            if done % (100 * loader.batch_size) < loader.batch_size:
+                print(f"{done}/{total}", file=sys.stderr)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,8 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                   help="storage dtype (float16 rounding is far below the posterior's sampling noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the posterior sampling")
+                   help="storage dtype of mean and std (float16's rounding of the mean, ~5e-4 of its size, "
+                        "is far below the posterior's std; std's own rounding is smaller still)")
     p.add_argument("--workers", type=int, default=8, help="image decoding processes")
     return p.parse_args(argv)
 
@@ -115,21 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     vae = load_vae(args.vae, args.device)
     loader = torch.utils.data.DataLoader(ImageFolderDataset(files, labels, args.image_size),
                                          batch_size=args.batch, shuffle=False, num_workers=args.workers)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
     writer = ShardWriter(args.out, args.shard_size, dtype=args.dtype, scale_factor=SCALE_FACTOR,
                          vae=VAE_NAME, image_size=args.image_size)
-    done = 0
-    with torch.no_grad():
-        for images, y in loader:
-            posterior = vae.encode(images.to(args.device)).latent_dist
-            latents = posterior.sample(generator=generator) * SCALE_FACTOR
-            writer.add(latents.float(), y)
-            done += len(y)
-            if done % (100 * args.batch) < args.batch:
-                print(f"{done}/{len(files)}", file=sys.stderr)
-    index = writer.close(extra={"posterior": "sample", "seed": args.seed, "vae_path": str(args.vae),
-                                "classes": classes})
-    print(f"wrote {index['num_samples']} latents in {len(index['shards'])} shards to {args.out}",
+    extract(vae, loader, writer, args.device, len(files))
+    index = writer.close(extra={"vae_path": str(args.vae), "classes": classes})
+    print(f"wrote {index['num_samples']} posteriors (mean, std) in {len(index['shards'])} shards to {args.out}",
           file=sys.stderr)
 
 
