@@ -71,7 +71,7 @@ def _paper(size: str, cfg_w: float, kappa: float, t_max: float) -> RunConfig:
     """The paper's ImageNet 256 setting: batch 256, Adam (0.9, 0.95), lr 1e-4 constant, EMA 0.9999, 240 epochs,
     with the guidance of each model size."""
     cfg = RunConfig(name=size, scale={"B/4": "b4", "M/2": "m2", "L/2": "l2", "XL/2": "xl2"}[size])
-    cfg.data = DataConfig(name="imagenet_latents", path="data/imagenet256_sdvae_latents", hflip=True)
+    cfg.data = DataConfig(name="imagenet_latents", path="data/imagenet256_sdvae_latents", hflip=False)
     cfg.model = ModelConfig(name="dit", size=size)
     cfg.objective.adaptive_p = 1.0
     cfg.objective.adaptive_c = 1e-3
