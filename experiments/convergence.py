@@ -9,7 +9,7 @@ readings agree; a small scale's curves plateau and touch the target by noise ear
 (1-NFE only; the other samplers at the last step) run in the trainer on the EMA weights at that step; no extra
 checkpoints are kept for them.
 
-Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+Both arms are the main ablation's runs of the same methods (trained once, `grids.shared`); main gives them
 these evaluations.
 """
 

@@ -1,7 +1,7 @@
 """How fast should the L_u weighting move from small to all intervals? s = 1 - (i / T)^k, full method.
 
 k = 1 is the method's default, so that grid point is the main ablation's run of the full method (trained once,
-`registry.shared`)."""
+`grids.shared`)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Vanilla, MinSNR + L_u and DTD + L_u are also the runs of v-quality (vanilla vs MinSNR + L_u), convergence
 (vanilla vs DTD + L_u) and k-schedule's k = 1 (DTD + L_u): those studies reference these runs instead of training
-copies (`registry.shared`), so each carries the union of their evaluations (32/64/128-NFE v at the end; an EMA
+copies (`grids.shared`), so each carries the union of their evaluations (32/64/128-NFE v at the end; an EMA
 evaluation every convergence.EVERY epochs) at the scales where those studies run (not at digits).
 """
 

@@ -34,12 +34,11 @@ from .registry import (
 
 K = (0.0, 0.01, 0.03, 0.1, 0.3)  # the paper's k, at B/4
 K_NORMALISED = (0.03, 0.3)
-# The normalised runs are not trained at cpu or digits: a variant outside the verdict, cut so that the cpu
-# reproduction fits its 45 minutes (the last of issue 9's cuts, after evaluations, duplicated runs and seeds) and
-# the digits one its ~3 hours.
+# The normalised runs (outside the verdict) are not trained at cpu or digits, so that the cpu reproduction fits
+# its 45 minutes and the digits one its ~3 hours.
 NO_NORMALISED_AT = ("cpu", "digits")
-# At digits 16 steps per epoch (80 epochs = 1,280 steps, cosine), not the scale's 20: the k = 0 run is vanilla
-# MeanFlow, which the digits calibration has at 5-13% of the noise distance after 1,200 cosine steps.
+# digits: 16 steps per epoch (80 epochs = 1,280 cosine steps), where vanilla MeanFlow (the k = 0 run) is at 5-13%
+# of the noise distance.
 STEPS_PER_EPOCH = {"digits": 16}
 PAPER_DIM = 4096  # B/4's SD-VAE latents, 4 x 32 x 32
 EPOCHS = 80

@@ -3,7 +3,7 @@
 One v-only pre-training run of 20 epochs keeps its checkpoints at 5, 10, 15 and 20 epochs; each fine-tune
 continues one of them with 60 epochs of u-only training (E_v = 0 trains u from scratch, with no parent).
 A fine-tune lists the parent's prefix phase followed by its own and loads the parent's checkpoint with its
-step counter, optimiser state and EMA, as one run that switches its loss would (DESIGN section 4).
+step counter, optimiser state and EMA, as one run that switches its loss would (docs/design.md).
 """
 
 from __future__ import annotations

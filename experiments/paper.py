@@ -1,11 +1,15 @@
-"""The paper's effect sizes per study, in one place: what the statistical power of each study is compared to.
+"""The paper's side of each study: the method it compares with vanilla, and its effect sizes.
 
-Each entry is the paper's own numbers for the comparison the study's verdict tests, as a relative change
-(treatment / control - 1, e.g. B/4 1-NFE FID 11.58 -> 9.87 is -14.8%). The analysis applies that relative
-change to the control's measured value at the study's scale ("the effect the paper implies here"), and sets it
-beside the smallest effect the study's seeds can detect (dynamics.analysis.power). Where a comparison has
-several arms, the entry is the smallest paper effect the verdict needs (the hardest to detect). A study whose
-finding the paper shows without numbers (O1-O3 are figures) has `relative=None`; the report says so.
+PAPER_METHOD names the method each study compares with vanilla, as the paper ran it, the same at every scale
+so a grid reads the same everywhere.
+
+PAPER_EFFECTS holds what the statistical power of each study is compared to: the paper's own numbers for the
+comparison the study's verdict tests, as a relative change (treatment / control - 1, e.g. B/4 1-NFE FID
+11.58 -> 9.87 is -14.8%). The analysis applies that relative change to the control's measured value at the
+study's scale ("the effect the paper implies here"), and sets it beside the smallest effect the study's seeds
+can detect (dynamics.analysis.power). Where a comparison has several arms, the entry is the smallest paper
+effect the verdict needs (the hardest to detect). A study whose finding the paper shows without numbers
+(O1-O3 are figures) has `relative=None`; the report says so.
 
 Users add their own study's entry to PAPER_EFFECTS under its name.
 """
@@ -13,6 +17,22 @@ Users add their own study's entry to PAPER_EFFECTS under its name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .errors import RegistryError
+
+# - k-schedule: the paper's k = 1 value (10.20 at B/4) is its DTD + L_u row;
+# - v-quality: the paper's only v-quality comparison is B/4's MeanFlow 7.61 against "ours w MinSNR" 7.09;
+# - convergence (2.1x M/2, 2.3x L/2, 2.5x XL/2) and CFG robustness: DTD + L_u, its primary method at M/2 and up.
+PAPER_METHOD: dict[str, str] = {
+    "k-schedule": "dtd-lu", "v-quality": "minsnr-lu", "convergence": "dtd-lu", "cfg-robustness": "dtd-lu",
+}
+
+
+def paper_method(study: str) -> str:
+    """The method `study` compares with vanilla (PAPER_METHOD)."""
+    if study not in PAPER_METHOD:
+        raise RegistryError(f"study {study!r} has no paper method; known: {', '.join(PAPER_METHOD)}")
+    return PAPER_METHOD[study]
 
 
 @dataclass(frozen=True)
@@ -60,4 +80,5 @@ PAPER_EFFECTS: dict[str, PaperEffect] = {
 
 
 def paper_effect(study: str) -> PaperEffect | None:
+    """The paper's numbers for `study`'s comparison, or None for a study without an entry."""
     return PAPER_EFFECTS.get(study)

@@ -1,6 +1,6 @@
 """Is the learned v better? Vanilla vs the full method, v = u(z, t, t) read back with 32/64/128 Euler steps.
 
-Both arms are the main ablation's runs of the same methods (trained once, `registry.shared`); main gives them
+Both arms are the main ablation's runs of the same methods (trained once, `grids.shared`); main gives them
 these evaluations."""
 
 from __future__ import annotations

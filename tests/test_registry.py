@@ -1,4 +1,5 @@
-"""The study registry: every grid at every scale, checked against DESIGN.md section 4's table."""
+"""The study registry: every grid at every scale, checked against docs/design.md's table of studies, and
+the registration checks of every @register field."""
 
 import sys
 import textwrap
@@ -6,15 +7,20 @@ import textwrap
 import pytest
 
 from dynamics.config import METHODS, SCALES, preset
+from dynamics.meanflow.tasks import TaskSpec
+from experiments import registry
 from experiments.o1_contaminated_v import STEPS_PER_EPOCH as CONTAMINATION_STEPS_PER_EPOCH
 from experiments.registry import (
     LONG_RUN_STEPS_PER_EPOCH,
     PAPER_METHOD,
     SCALE_SETTINGS,
+    ExtraFinding,
     Finding,
     Metric,
     ParentRef,
+    Reference,
     RegistryError,
+    ResolvedRun,
     RunSpec,
     Study,
     all_studies,
@@ -37,7 +43,7 @@ def by_key(study: str, scale: str, seeds: int = 1) -> dict:
     return {r.key: r for r in get_study(study).runs(scale, seeds)}
 
 
-def phases(run: RunSpec) -> list[tuple]:
+def phases(run: RunSpec | ResolvedRun) -> list[tuple]:
     return [(p.epochs, p.terms) for p in run.config.phases]
 
 
@@ -79,7 +85,7 @@ def test_seeds_and_default_counts():
     assert len(parents) == 3  # one shared pre-training run per seed, not one per grid point
     child = next(r for r in runs if r.key == "E_v=5/s2")
     assert child.depends_on == ["v-pretrain/s2"]
-    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (registry.TREND_SEEDS)
+    # cpu: the trend studies run 2 seeds, the paired comparisons the scale's 3 (scales.TREND_SEEDS)
     assert len(get_study("o1-v-first").runs("cpu")) == 12 and len(get_study("main").runs("cpu")) == 18
     assert len(get_study("o1-v-first").runs("cpu", seeds=5)) == 30
 
@@ -116,8 +122,8 @@ def test_o1_fixed_budget_grid():
 
 
 def test_o1_contaminated_grid():
-    """Issue 8.4: literal noise at the paper's k on B/4; at smaller d the k that gives B/4's noise-to-signal
-    ratio (k sqrt(4096 / d)); the normalised form at the paper's k as written."""
+    """Literal noise at the paper's k on B/4; at smaller d the k that gives B/4's noise-to-signal ratio
+    (k sqrt(4096 / d)); the normalised form at the paper's k as written."""
     for scale, factor in (("b4", 1.0), ("digits", 8.0), ("cpu", 4096**0.5 / 2**0.5)):
         runs = get_study("o1-contaminated-v").runs(scale, seeds=1)
         literal = [r for r in runs if r.tags["form"] == "literal"]
@@ -179,7 +185,7 @@ def test_main_grid_methods():
 
 
 def test_k_schedule_and_paper_methods():
-    """Issue 8.6: each study compares the paper's method for its result, the same at every scale."""
+    """Each study compares the paper's method for its result, the same at every scale."""
     assert PAPER_METHOD == {"k-schedule": "dtd-lu", "v-quality": "minsnr-lu", "convergence": "dtd-lu",
                             "cfg-robustness": "dtd-lu"}
     for scale in ("b4", "l2", "cpu"):
@@ -340,8 +346,6 @@ def test_bad_grids_and_names_fail_clearly():
         get_study("nope")
     with pytest.raises(RegistryError, match="scale='tiny'"):
         get_study("main").runs("tiny")
-    with pytest.raises(RegistryError, match="comparison"):
-        Finding("c", "h", "bigger", "x")
     with pytest.raises(RegistryError, match="already registered"):
         register(Study("main", "q", Metric("m"), finding, cyclic, module="someone.else"))
 
@@ -380,3 +384,119 @@ def test_overrides_apply_to_every_run_and_name_bad_keys():
     assert {r.hash for r in plain}.isdisjoint({r.hash for r in moved})  # another data set, other run dirs
     with pytest.raises(RegistryError, match="unknown key 'data.pth'"):
         get_study("main").runs("b4", overrides=["data.pth=/x"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration checks: every @register field, refused in one line naming the study, field, value, allowed
+
+
+def _arms(scale: str) -> list[RunSpec]:
+    return [RunSpec(f"arm={arm}", base_config(scale), tags={"arm": arm}) for arm in ("a", "b")]
+
+
+GOOD = {"name": "reg-check", "question": "q", "metric": Metric("m"),
+        "finding": Finding("c", "h", "better", "arm", treatment="b", control="a")}
+
+
+def test_seeds_as_an_int_means_every_scale(tmp_path, monkeypatch):
+    """The natural spelling `seeds=2` in a user's module: two seeds at every scale."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    (tmp_path / "my_seeded_studies.py").write_text(textwrap.dedent('''
+        from experiments.registry import Finding, Metric, RunSpec, base_config, register
+
+        @register(name="seeded", question="q", metric=Metric("m"), seeds=2,
+                  finding=Finding("c", "h", "better", "arm", "b", "a"))
+        def seeded(scale):
+            return [RunSpec(f"arm={a}", base_config(scale), tags={"arm": a}) for a in ("a", "b")]
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        [study] = register_from_module("my_seeded_studies")
+    finally:
+        sys.modules.pop("my_seeded_studies", None)
+    assert study.seeds == {scale: 2 for scale in SCALES}
+    for scale in ("smoke", "cpu", "digits", "b4"):
+        assert sorted(r.seed for r in study.runs(scale)) == [0, 0, 1, 1]
+    per_scale = Study(**{**GOOD, "seeds": {"cpu": 4}}, grid=_arms)
+    assert per_scale.default_seeds("cpu") == 4 and per_scale.default_seeds("b4") == SCALE_SETTINGS["b4"].seeds
+
+
+def test_natural_spellings_are_accepted():
+    study = Study(**{**GOOD, "metric": Metric("m", nfe=1), "notes": "one note",
+                     "finding": Finding("c", "h", "better", "arm", treatment=["b"], control="a"),
+                     "reference": Reference({"arm": "a"}, 0.2)}, grid=_arms)
+    assert study.metric.nfe == (1,) and study.notes == ("one note",) and study.finding.treatment == ("b",)
+    assert study.reference == (Reference({"arm": "a"}, 0.2),)
+
+
+BAD = [  # (fields over GOOD, what the message names, what it says is allowed)
+    ({"seeds": 0}, "seeds=0", "int >= 1"),
+    ({"seeds": 2.5}, "seeds=2.5", "int >= 1"),
+    ({"seeds": True}, "seeds=True", "int >= 1"),
+    ({"seeds": {"tiny": 2}}, "seeds={'tiny': 2}", "scales from smoke, cpu"),
+    ({"seeds": {"cpu": 0}}, "seeds={'cpu': 0}", "int >= 1"),
+    ({"name": "my study"}, "name='my study'", "a directory name"),
+    ({"question": ""}, "question=''", "non-empty string"),
+    ({"unsupported": {"gpu": "no"}}, "unsupported={'gpu': 'no'}", "scales from smoke"),
+    ({"notes": (1,)}, "notes=(1,)", "tuple of strings"),
+    ({"metric": "1-NFE"}, "metric='1-NFE'", "Metric(...)"),
+    ({"metric": Metric("m", kind="fid")}, "metric.kind='fid'", "distance, tas, epochs_to_target"),
+    ({"metric": Metric("m", sampler="w")}, "metric.sampler='w'", "u or v"),
+    ({"metric": Metric("m", nfe=0)}, "metric.nfe=(0,)", "int >= 1"),
+    ({"finding": Finding("c", "h", "bigger", "arm")}, "finding.comparison='bigger'", "trend, better, best, threshold"),
+    ({"finding": Finding("c", "h", "better", "arm", treatment="b")}, "finding.control=None", "control's value"),
+    ({"finding": Finding("c", "h", "best", "arm")}, "finding.treatment=None", "treatment's value"),
+    ({"finding": Finding("c", "h", "threshold", "arm", treatment=2.0)}, "finding.treatment=2.0", "(0, 1]"),
+    ({"finding": Finding("c", "h", "trend", "arm", direction="up")}, "finding.direction='up'", "increasing"),
+    ({"finding": Finding("c", "h", "trend", "")}, "finding.tag=''", "non-empty string"),
+    ({"reference": (Reference({}, 0.2),)}, "reference.runs={}", "runs' tags"),
+    ({"reference": (Reference({"arm": "a"}, 1.5),)}, "reference[arm=a].bar=1.5", "(0, 1]"),
+    ({"reference": (Reference({"arm": "a"}, 0.2, sampler="x"),)}, "reference[arm=a].sampler='x'", "u or v"),
+    ({"reference": (Reference({"arm": "a"}, 0.2, nfe=0),)}, "reference[arm=a].nfe=0", "int >= 1"),
+    ({"reference": ({"arm": "a"},)}, "reference=({'arm': 'a'},)", "Reference(...)"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "bigger"),)}, "extra_findings[e].kind='bigger'", "stability"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "non-inferior", params={"treatment": {"arm": "a"}}),)},
+     "extra_findings[e].params=", "takes params treatment, control, margin"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "cross-scale-gap", "arm",
+                                      {"arms": ("a", "b"), "scales": ("b4", "tiny")}),)},
+     "extra_findings[e].params['scales']=('b4', 'tiny')", "two or more scales"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "cross-scale-match", "arm",
+                                      {"treatment": ("l2", "b"), "control": "a", "margin": 0.05}),)},
+     "extra_findings[e].params['control']='a'", "(scale, arm)"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "stability", "arm", not_applicable={"tiny": "x"}),)},
+     "extra_findings[e].not_applicable={'tiny': 'x'}", "scales from smoke"),
+    ({"extra_findings": (ExtraFinding("e", "c", "h", "stability", "arm"),) * 2}, "extra_findings=['e', 'e']",
+     "its own name"),
+    ({"tasks": (TaskSpec("v", "v"),)}, "task_inits={}", "both tasks and task_inits"),
+    ({"task_inits": {"random": 3}}, "task_inits={'random': 3}", "run key or None"),
+]
+
+
+@pytest.mark.parametrize(("fields", "named", "allowed"), BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_registration_is_refused_in_one_line(fields, named, allowed, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    given = {**GOOD, **fields}
+    with pytest.raises(RegistryError) as caught:
+        register(**given)(_arms)
+    message = str(caught.value)
+    assert "\n" not in message and f"study {given['name']!r}: " in message
+    assert named in message and allowed in message, message
+    assert given["name"] not in registry._REGISTRY
+
+
+def test_register_names_unknown_and_missing_fields_and_a_bare_decorator():
+    with pytest.raises(RegistryError, match="study 'reg-check': register has no field 'seed'; fields: name, "):
+        register(**GOOD, seed=2)
+    with pytest.raises(RegistryError, match="study 'reg-check': register needs finding"):
+        register(**{k: v for k, v in GOOD.items() if k != "finding"})
+    with pytest.raises(RegistryError, match="bare @register"):
+        register(_arms)
+
+
+def test_a_reference_must_select_runs_of_the_grid():
+    study = Study(**{**GOOD, "reference": (Reference({"arm": "c"}, 0.2),)}, grid=_arms)
+    with pytest.raises(RegistryError, match=r"reference \{'arm': 'c'\} selects no run at scale smoke; the runs' "
+                                            "tags: arm, seed"):
+        study.runs("smoke")
+    numeric = Study(**{**GOOD, "reference": (Reference({"seed": 0.0}, 0.2),)}, grid=_arms)
+    assert len(numeric.runs("smoke")) == 2  # numbers compare as numbers: seed 0 is 0.0

@@ -1,7 +1,7 @@
 """Running study grids: plan them against the results store, then execute them through submitit.
 
 Plan. Every run of a study at a scale gets a directory `<results>/<scale>/<study>/<hash>` (the hash of its
-resolved config, see experiments/registry.py) and an action from what the store holds there:
+resolved config, `ResolvedRun` in experiments/study.py) and an action from what the store holds there:
   run      nothing there yet                      resume   interrupted (killed, timed out): from last.pt
   skip     done                                   keep     failed or diverged (kept unless --rerun-failed)
   rerun    failed, with --rerun-failed: resumes from its last checkpoint (a crash may have been transient)

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.registry import RunSpec, Study
+from experiments.registry import ResolvedRun, Study
 
 from ..config import RunConfig
 from ..results import (
@@ -35,7 +35,7 @@ class PlannedRun:
     """One run of a launch: its study, its resolved grid entry, its directory, its state there and the action."""
 
     study: str
-    spec: RunSpec
+    spec: ResolvedRun
     run_dir: Path
     state: str
     action: str
@@ -74,7 +74,7 @@ class Readiness:
 
 
 def _delivers(parent: PlannedRun, child: PlannedRun) -> bool:
-    """Whether what `child` needs from `parent` exists: the kept checkpoint it continues (RunSpec.parent), else
+    """Whether what `child` needs from `parent` exists: the kept checkpoint it continues (`spec.parent`), else
     (a plain dependency) the parent's finished run."""
     ref = child.spec.parent
     if ref is not None and ref.key == parent.spec.key:
