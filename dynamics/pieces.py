@@ -69,7 +69,8 @@ class Piece:
 
 class VTimePiece:
     """Base of a v_time piece: the hooks the trainer calls, each defaulting to what a run without a piece does
-    (the base sampler's v rows, no state, no stats), so a piece overrides only what it changes."""
+    (the base sampler's v rows, no state, no stats), so a piece overrides only what it changes. A run whose
+    config names no v_time piece trains with this base piece itself."""
 
     def quantiles(self, n: int, gen: Any, device: Any) -> Any:
         """n quantiles in [0, 1] of the phase sampler's v-row t distribution (a torch.Tensor on `device`); by

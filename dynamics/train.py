@@ -80,8 +80,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None = None):
         self.cfg, tc = cfg.validate(), cfg.train
-        self.run_dir = Path(run_dir)
-        self.device = resolve_device(device)
+        self.run_dir, self.device = Path(run_dir), resolve_device(device)
         self.dist = setup(self.device)
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
@@ -120,9 +119,6 @@ class Trainer:
             self.v_time.load_state_dict(v_time_state)
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-
-    def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.state_dict())
 
     def restore(self) -> None:
         """Resume this run from its last checkpoint, or start from the configured parent run's."""
@@ -219,10 +215,10 @@ class Trainer:
                 if self.eval_due(self.step):
                     self.evaluate()
                 if self.checkpoints.due(self.step, tc.ckpt_every, self.total_steps):
-                    self.save_checkpoint()
+                    self.checkpoints.save(self.state_dict())
                     self.log.status("running", self.step)
                 if stop is not None and any_rank(stop.is_set(), self.dist, self.device):
-                    self.save_checkpoint()
+                    self.checkpoints.save(self.state_dict())
                     return self._end("interrupted", reason="stop signal (preemption or time-out): checkpointed")
         return self._end("done")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from dynamics.data.toy2d import gaussian_mean_flow
 from dynamics.meanflow import MeanFlowLoss, build_sampler
 from dynamics.meanflow.sampling import sample
 from dynamics.models.mlp import MLP
+from dynamics.progress import Progress
 from dynamics.results import read_jsonl, read_status
 from dynamics.train import Trainer, all_reduce_gradients, train
 
@@ -149,6 +151,55 @@ def test_final_samplers_are_evaluated_at_the_last_step_only(tmp_path):
     reference = {(r["metric"], r["sampler"], r["nfe"]): r["value"]
                  for r in read_jsonl(tmp_path / "full" / "eval.jsonl") if r["step"] == last}
     assert final == reference
+
+
+class Clock:
+    """A fake clock: `now` moves only when the test moves it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_to_a_file_prints_a_line_per_5_percent_or_10_minutes():
+    stream, clock = io.StringIO(), Clock()
+    with Progress(10_000, desc="run", stream=stream, clock=clock) as bar:
+        for _ in range(10_000):
+            bar.update(1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20 and lines[-1].startswith("run: 10000/10000 steps (100%)")
+    stream = io.StringIO()
+    with Progress(10_000, initial=2_500, stream=stream, clock=clock) as bar:  # resumed; 5 s a step
+        for _ in range(990):
+            clock.now += 5.0
+            bar.update(1)
+    lines = [line.split(" steps")[0] for line in stream.getvalue().splitlines()]
+    # every 120 steps (600 s), at the 30% mark (which restarts the 600 s), and at close
+    assert lines == ["2620/10000", "2740/10000", "2860/10000", "2980/10000", "3000/10000", "3120/10000",
+                     "3240/10000", "3360/10000", "3480/10000", "3490/10000"]
+    assert stream.getvalue().splitlines()[-1] == "3490/10000 steps (35%), 0.2 steps/s, 1h22m elapsed, ~9h02m left"
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with Progress(100, stream=stream) as bar:
+        for _ in range(100):
+            bar.update(1)
+    assert "\r" in stream.getvalue() and "100/100" in stream.getvalue()
+
+
+def test_train_piped_to_a_file_writes_a_bounded_number_of_progress_lines(tmp_path, capsys):
+    status = train(_smoke("train.epochs=20"), tmp_path / "run", progress=True)  # 200 steps
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("smoke: ")]
+    assert status["state"] == "done" and 1 <= len(lines) <= 21 and "\r" not in err
+    assert lines[-1].startswith("smoke: 200/200 steps (100%)")
 
 
 def test_sample_cli_writes_npy(tmp_path):
