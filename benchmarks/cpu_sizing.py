@@ -1,4 +1,5 @@
-"""Learning curves behind the cpu scale's sizing (README, "Sizing the cpu scale"): one run, several EMAs.
+"""Learning curves behind the cpu scale's sizing (docs/reproduction-cpu.md, "Sizing the cpu scale"): one run,
+several EMAs.
 
 Trains the cpu study config (`base_config("cpu")`, one step per "epoch" so phases are given in steps) with the
 given batch, width, lr and phases, keeps one EMA copy per decay, and prints value / ceiling of sliced W2 for

@@ -491,7 +491,7 @@ def section_fid(sz: Sizes, work: Path) -> Section:
         import torch_fidelity  # noqa: F401
     except ImportError as exc:
         sec.status = "skipped"
-        sec.notes.append(f"torch-fidelity not importable ({exc}); carry its wheel (see README)")
+        sec.notes.append(f"torch-fidelity not importable ({exc}); carry its wheel (see docs/performance.md)")
         return sec
     from dynamics.config import RunConfig
     from dynamics.data.imagenet import SCALE_FACTOR
@@ -561,7 +561,7 @@ def section_estimate(sz: Sizes, train: Section, calibrate: bool, rates_file: Pat
         from dynamics import launch
     except ImportError as exc:
         sec.status = "skipped"
-        sec.notes.append(f"dynamics.launch not importable ({exc}); carry submitit's wheel (see README)")
+        sec.notes.append(f"dynamics.launch not importable ({exc}); carry submitit's wheel (see docs/performance.md)")
         return sec
     from dynamics.config import preset
 

@@ -1,4 +1,5 @@
-"""The dependency rule (DESIGN section 8): nothing in dynamics/ below the launcher imports experiments/.
+"""The dependency rule (docs/design.md, "Layout and dependency direction"): nothing in dynamics/ below the
+launcher imports experiments/.
 
 The launcher layer (the launcher, the CLI and the study-level TAS) may read the registry; the library
 keeps the vocabulary. Checked twice: statically (every import statement, lazy ones inside functions
