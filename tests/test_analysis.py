@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dynamics.analysis.analyze import study_analysis
 from dynamics.analysis.power import (
     detectable_from_interval,
     implied_effect,
@@ -18,7 +19,7 @@ from dynamics.analysis.power import (
     two_sample_detectable,
 )
 from dynamics.analysis.regime import NOT_IN_REGIME, mark_blowups
-from dynamics.analysis.report import study_analysis, write_report
+from dynamics.analysis.report import write_report
 from dynamics.analysis.verdicts import seed_blocked_slope, study_verdict, t_interval
 from dynamics.launch import launch
 from dynamics.results import load_results

@@ -1,4 +1,5 @@
-"""Issue 8's analysis pieces: the interpolated convergence speed-up and O3's verdict under each TAS variant."""
+"""Analysis of the fidelity findings: the interpolated convergence speed-up, O3's verdict under each TAS variant,
+and the further findings (non-inferiority, stability, cross-scale)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamics.analysis.report import TAS_DEFAULT_VARIANT, crossing_epoch, tas_verdict
+from dynamics.analysis.analyze import study_analysis
+from dynamics.analysis.convergence import crossing_epoch
+from dynamics.analysis.extras import extra_verdict
+from dynamics.analysis.tas import TAS_DEFAULT_VARIANT, tas_verdict
 from experiments.registry import get_study
 
 
@@ -55,7 +59,9 @@ def test_o3_verdict_per_variant_says_whether_it_depends(tmp_path):
     verdict, table = tas_verdict(study, csv)
     assert verdict.verdict == "holds" and "does NOT depend" in verdict.detail
     assert set(table["target_mode"]) == {"recomputed", "held", "-"}
-    assert (tmp_path / "cpu" / "figures" / f"{study.name}.png").exists()
+    assert not (tmp_path / "cpu" / "figures" / f"{study.name}.png").exists()  # the verdict draws nothing
+    assert study_analysis(study, "cpu", tmp_path, pd.DataFrame()).verdict.verdict == "holds"
+    assert (tmp_path / "cpu" / "figures" / f"{study.name}.png").exists()  # the analysis draws the matrices
 
     rows += _tas_rows("c: run's Adam state", "recomputed", {"random": 0.5, "v-only": 0.1, "u-small": 0.0})
     pd.DataFrame(rows).to_csv(csv, index=False)
@@ -71,9 +77,7 @@ def _evals(rows):
 
 
 def test_extra_findings_verdicts():
-    """Issue 8.6's further findings: O2 non-inferiority, O1 stability, cross-scale ones not applicable at cpu."""
-    from dynamics.analysis.verdicts import extra_verdict
-
+    """The further findings: O2 non-inferiority, O1 stability, cross-scale ones not applicable at cpu."""
     o2 = get_study("o2-interval-bins")
     (small_dt,) = o2.extra_findings
     rows = []

@@ -121,3 +121,39 @@ def curve_figure(study, curves: pd.DataFrame, tag: str, regime: list[RegimeResul
     ax.set_ylabel(str(curves["metric"].iloc[0]))
     ax.set_title(f"{study.name}: {study.metric.description}", fontsize=8)
     return _finish(fig, ax, out)
+
+
+def tas_figure(study, tas: pd.DataFrame, variant: str, out: Path | None = None):
+    """The TAS matrices of one step variant, per init (columns) with the target recomputed and held (rows):
+    rows of each matrix are the task stepped on, columns the task measured."""
+    from matplotlib.figure import Figure
+
+    part = tas[tas["variant"] == variant] if "variant" in tas.columns else tas.iloc[0:0]
+    inits = list(dict.fromkeys(part["init"]))
+    modes = [m for m in ("recomputed", "held") if m in set(part["target_mode"])]
+    if not inits or not modes:
+        return None
+    fig = Figure(figsize=(3.2 * len(inits), 3.0 * len(modes)))
+    axes = np.atleast_2d(fig.subplots(len(modes), len(inits), squeeze=False))
+    order = list(dict.fromkeys(part["source"]))
+    lim = float(np.nanmax(np.abs(part["value"].to_numpy()))) or 1.0
+    for r, mode in enumerate(modes):
+        for c, init in enumerate(inits):
+            cell = part[(part["target_mode"] == mode) & (part["init"] == init)]
+            m = cell.pivot_table(index="source", columns="target", values="value", aggfunc="mean")
+            m = m.reindex(index=order, columns=order)
+            ax = axes[r, c]
+            im = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks(range(len(order)), order, rotation=60, fontsize=6)
+            ax.set_yticks(range(len(order)), order, fontsize=6)
+            for i in range(len(order)):
+                for j in range(len(order)):
+                    ax.text(j, i, f"{m.to_numpy()[i, j]:+.2g}", ha="center", va="center", fontsize=5)
+            ax.set_title(f"init {init}, target {mode}", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.suptitle(f"{study.name}: TAS ({variant}); rows stepped on, columns measured", fontsize=8)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for ext in ("png", "pdf"):
+            fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
+    return fig

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from scipy import optimize, stats
 
 ALPHA = 0.05
@@ -101,8 +100,3 @@ def implied_effect(relative: float | None, control_value: float, lower_is_better
     change = relative * control_value
     return float(-change if lower_is_better else change)
 
-
-def spread(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan

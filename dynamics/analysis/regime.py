@@ -1,6 +1,6 @@
 """Does a verdict stand on models that learned? The learning-regime check and blown-up runs.
 
-Regime (DESIGN section 4): each study declares reference runs and a bar (`Study.reference`, a share of the
+Regime (docs/design.md): each study declares reference runs and a bar (`Study.reference`, a share of the
 noise-to-data distance). Per reference, the final `sampler`/`nfe` distance of its runs over their ceiling is
 averaged over seeds per grid point; the worst grid point is the reference's share. A study whose reference
 misses its bar gets the verdict "not in the learning regime" (the test's own reading stays in the detail).
@@ -87,7 +87,7 @@ def grid_point(frame: pd.DataFrame) -> pd.Series:
 class RegimeResult:
     """One reference's check: `share` is the worst grid point's mean (value / ceiling) over seeds."""
 
-    reference: object  # experiments.registry.Reference
+    reference: object  # experiments.findings.Reference
     status: str  # pass | miss | unchecked
     share: float = math.nan
     median_share: float = math.nan
