@@ -109,7 +109,7 @@ class Finding:
 
     def check(self, study: str) -> None:
         _text(study, "finding.claim", self.claim)
-        _text(study, "finding.holds_if", self.holds_if)
+        _text(study, "finding.holds_if", self.holds_if, empty_ok=True)
         if self.comparison not in COMPARISONS:
             raise refuse(study, "finding.comparison", self.comparison, f"choose one of {', '.join(COMPARISONS)}")
         _text(study, "finding.tag", self.tag)
