@@ -31,7 +31,7 @@ from .results import atomic_write_bytes, config_hash
 TAS_FILE = "tas.csv"
 UNITS_DIR = "tas_units"  # one pickled list of frames per finished (seed, init) unit
 
-# O3's step variants (issue 8.5): the verdict is computed under each; `b` is the headline.
+# O3's step variants: the verdict is computed under each; `b` is the headline.
 STUDY_VARIANTS: dict[str, dict] = {
     "a: grad step at run lr": dict(method="lookahead", optimizer="sgd"),
     "b: grad step of equal length": dict(method="lookahead", optimizer="sgd-length"),

@@ -10,7 +10,9 @@ import torch
 
 from dynamics import study_tas
 from dynamics.affinity import (
+    METHODS,
     AffinityError,
+    Method,
     affinity_matrix,
     cosine_matrix,
     lookahead_matrix,
@@ -20,7 +22,7 @@ from dynamics.affinity import (
     tasks_from_specs,
 )
 from dynamics.cli import main as cli_main
-from dynamics.config import apply_overrides, preset
+from dynamics.config import TAS_METHODS, apply_overrides, preset
 from dynamics.launch import launch
 from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample_sq_norm
 from dynamics.meanflow.target import mean_flow_target
@@ -203,6 +205,22 @@ def test_task_affinity_frame_deterministic_and_train_window(smoke_run):
         task_affinity(smoke_run, "v", method="dot")
 
 
+def test_a_method_is_one_entry_of_the_registry(monkeypatch):
+    """task_affinity runs any registered Method once per batch, with that batch's draw seed, and records the
+    settings the method names; the built-in methods are the CLI's choices."""
+    assert tuple(METHODS) == TAS_METHODS
+    seeds = []
+
+    def ones(model, tasks, x, y, draw_seed, step, settings):
+        seeds.append(draw_seed)
+        return torch.ones(len(tasks), len(tasks), dtype=torch.float64)
+
+    monkeypatch.setitem(METHODS, "ones", Method("ones", ones, lambda s: {"lr": s.lr}))
+    frame = task_affinity(_smoke(), "v,u", method="ones", batches=3, batch_size=16, lr=0.5)
+    assert (frame["mean"] == 1).all() and (frame["n"] == 3).all() and len(set(seeds)) == 3
+    assert frame.attrs["method"] == "ones" and frame.attrs["lr"] == 0.5 and "optimizer" not in frame.attrs
+
+
 def test_cli_run_dir_preset_and_bad_task(smoke_run, tmp_path, capsys):
     out = tmp_path / "tas.csv"
     rc = cli_main(["tas", str(smoke_run), "--tasks", "v,u[0.1,0.3],u[0.7,0.9]", "--batches", "2",
@@ -259,7 +277,7 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(study_tas.STUDY_BATCHES, "smoke", 2)
     scaled = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batch_size=32, variants=[DEFAULT_VARIANT])
     assert set(scaled["n"]) == {2} and study_tas.STUDY_BATCHES["digits"] == 8
-    # key=value overrides as for `dynamics run` (issue 8.5): a grid with overrides has other run directories
+    # key=value overrides as for `dynamics run`: a grid with overrides has other run directories
     assert cli_main(args + ["train.lr=0.002"]) == 2
     assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
     assert cli_main(args + ["train.bogus=1"]) == 2
@@ -283,7 +301,7 @@ class _LinearInParams(torch.nn.Module):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "sgd-length"])
 def test_lookahead_on_a_model_linear_in_its_parameters(optimizer):
-    """Issue 8.5: the lookahead against an independent closed-form computation. With the target held at
+    """The lookahead against an independent closed-form computation. With the target held at
     theta the targets are fixed, each L_j(W) = mean_n w_n ||W phi_n - y_n||^2 / (D_n + c)^p is a quadratic
     in W, its gradient is written out by hand, and a small gradient step must lower the task's own loss."""
     cfg = _smoke("objective.adaptive_p=1.0")
