@@ -128,7 +128,7 @@ class Finding:
 @dataclass(frozen=True)
 class ExtraFinding:
     """A further claim of the paper read off a study's runs, with its own verdict
-    (dynamics.analysis.verdicts.extra_verdict). kind:
+    (dynamics.analysis.extras.extra_verdict). kind:
     cross-scale-gap   - params: arms (a, b), scales (s0, s1, ...): the gap metric(a) - metric(b) shrinks from s0
                         to every later scale (reads the stores of those scales together);
     cross-scale-match - params: treatment (scale, arm), control (scale, arm), margin: |treatment - control| is
