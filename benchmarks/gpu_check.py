@@ -419,23 +419,23 @@ def section_distributed(sz: Sizes, work: Path) -> Section:
     cfg = train_config(sz, work / "shards")
     cfg.train.steps_per_epoch, cfg.train.keep_epochs = 2, []
     calls = []
-    original = train_mod.all_reduce_gradients
+    original = train_mod.wrap_model
 
-    def counting(model, world_size):
-        calls.append(world_size)
-        return original(model, world_size)
+    def counting(model, device):
+        calls.append(1)  # the model is wrapped in DDP once, at the first step
+        return original(model, device)
 
     plain = train_mod.Trainer(cfg, work / "dist-plain", sz.device)
     plain.train_step()
     os.environ[train_mod.FORCE_DIST_ENV] = "1"
-    train_mod.all_reduce_gradients = counting
+    train_mod.wrap_model = counting
     try:
         forced = train_mod.Trainer(cfg, work / "dist-forced", sz.device)
         sec.values.update(backend=dist.get_backend(), world_size=dist.get_world_size())
         forced.train_step()
         sync(sz.device)
     finally:
-        train_mod.all_reduce_gradients = original
+        train_mod.wrap_model = original
         os.environ.pop(train_mod.FORCE_DIST_ENV, None)
         if dist.is_initialized():
             dist.destroy_process_group()

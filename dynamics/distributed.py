@@ -1,30 +1,40 @@
-"""Data parallel over torch.distributed, all in one place: who this process is, the gradient all-reduce and
-the stop flag shared by the ranks.
+"""Data parallel over torch.distributed, all in one place: who this process is, the process group a launcher
+asks for, the DDP wrapper, and the per-step agreement of the ranks.
 
-The JVP cannot run through a DDP wrapper, so the model stays unwrapped and the trainer all-reduces the
-gradients itself after the backward (`all_reduce_gradients`), as DDP would.
+N ranks train the same run as one process with the same global batch (docs/distributed.md): each rank takes
+its slice of the global batch, the gradients are averaged by DistributedDataParallel, and once per step one
+small all-reduce (`StepSync`) gives every rank the same global-batch losses, the same non-finite verdict and
+the same stop flag, so stateful pieces (DTD) and the run's end are decided identically everywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 # Set to 1 to start torch.distributed on a single process (world size 1) when nothing else has: the
-# trainer then goes through the gradient all-reduce as a multi-GPU job does (benchmarks/gpu_check.py).
+# trainer then goes through DDP as a multi-GPU job does (benchmarks/gpu_check.py).
 FORCE_DIST_ENV = "DYNAMICS_FORCE_DIST"
+# Seconds a collective may wait for the other ranks before the job fails (not part of the run's config).
+TIMEOUT_ENV = "DYNAMICS_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # torchrun's env://
 
 
 @dataclass
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    initialized: bool = False  # a process group is up: gradients are all-reduced, even at world size 1
+    initialized: bool = False  # a process group is up: the model is wrapped in DDP, even at world size 1
 
     @property
     def is_main(self) -> bool:
@@ -37,6 +47,16 @@ def dist_info() -> DistInfo:
     return DistInfo()
 
 
+def timeout() -> timedelta:
+    """The collective time-out: TIMEOUT_ENV seconds, 600 by default."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    return timedelta(seconds=seconds)
+
+
 def init_single_process_group(device: torch.device) -> str:
     """torch.distributed on this process alone (rank 0 of 1): nccl on CUDA, gloo on CPU; returns the backend."""
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -45,8 +65,37 @@ def init_single_process_group(device: torch.device) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            timeout=timeout())
     return backend
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE when a launcher (torchrun) set all of LAUNCH_VARS, else 1."""
+    if not all(os.environ.get(k) for k in LAUNCH_VARS):
+        return 1
+    return int(os.environ["WORLD_SIZE"])
+
+
+def init_from_env(device: str | torch.device | None) -> tuple[str | torch.device | None, bool]:
+    """Join the process group a launcher described in LAUNCH_VARS (torchrun: env://), unless one is up or the
+    job has one process. Returns (this rank's device, whether this call started the group). On CUDA the device
+    is cuda:LOCAL_RANK and the backend nccl; on CPU gloo. A job asked for CUDA that sees no GPU fails here."""
+    world = launched_world_size()
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device, False
+    local_rank = int(os.environ["LOCAL_RANK"])
+    wants_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if wants_cuda:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if local_rank >= count:
+            raise RuntimeError(f"rank {os.environ['RANK']}: CUDA asked for but this process sees {count} GPU(s) "
+                               f"for LOCAL_RANK {local_rank} (CUDA_VISIBLE_DEVICES="
+                               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not falling back to the CPU")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if wants_cuda else "gloo", init_method="env://", timeout=timeout())
+    return (device if wants_cuda else (device or "cpu")), True
 
 
 def setup(device: torch.device) -> DistInfo:
@@ -56,8 +105,15 @@ def setup(device: torch.device) -> DistInfo:
     return dist_info()
 
 
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `model` for the graph-building forward and backward (bucketed
+    all-reduce overlapped with the backward). The JVP runs on `model` itself, never through the wrapper."""
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def all_reduce_gradients(model: nn.Module, world_size: int) -> None:
-    """Average gradients over ranks in one flat buffer (what DDP would do, without its wrapper)."""
+    """Average gradients over ranks in one flat buffer (for a backward that did not go through DDP)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -68,10 +124,94 @@ def all_reduce_gradients(model: nn.Module, world_size: int) -> None:
         offset += g.numel()
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """Whether `flag` is set on any rank (a stop signal may reach one rank first)."""
-    if info.world_size > 1:
-        t = torch.tensor([float(flag)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flag = bool(t.item())
-    return flag
+@dataclass
+class GlobalStep:
+    """What every rank knows after a step's all-reduce: the global batch's losses and the shared flags."""
+
+    nonfinite: bool
+    stop: bool
+    loss: float
+    loss_v: float
+    loss_u: float
+    noise_ratio: float | None
+
+
+def _ratio(total: float, count: float) -> float:
+    return total / count if count > 0 else float("nan")
+
+
+def step_sync(out, stop: bool, info: DistInfo, device: torch.device) -> GlobalStep:
+    """One SUM all-reduce of [non-finite, stop, loss, sum D_v, n_v, sum D_u, n_u, sum noise ratio, n noisy]
+    (float64). loss is a mean over equal-sized shards, so its global value is the mean of the ranks'; loss_v
+    and loss_u are masked means, so they are summed and counted; on one rank the loss's own values are kept."""
+    loss = out.loss.detach()
+    nonfinite = not bool(torch.isfinite(loss))
+    if info.world_size == 1:
+        ratio = None if out.noise_ratio is None else float(out.noise_ratio)
+        return GlobalStep(nonfinite, stop, float(loss), float(out.loss_v), float(out.loss_u), ratio)
+    is_v = out.is_v
+    D = out.D.double()
+    n_v = is_v.sum().double()
+    noisy = out.noise_ratio is not None
+    vec = torch.stack([torch.tensor(float(nonfinite), dtype=torch.float64, device=D.device),
+                       torch.tensor(float(stop), dtype=torch.float64, device=D.device),
+                       loss.double(), (D * is_v).sum(), n_v, (D * ~is_v).sum(), (~is_v).sum().double(),
+                       out.noise_ratio.double() * n_v if noisy else torch.zeros((), dtype=torch.float64,
+                                                                                 device=D.device),
+                       n_v if noisy else torch.zeros((), dtype=torch.float64, device=D.device)]).to(device)
+    dist.all_reduce(vec, op=dist.ReduceOp.SUM)
+    s = vec.tolist()
+    return GlobalStep(s[0] > 0, s[1] > 0, s[2] / info.world_size, _ratio(s[3], s[4]), _ratio(s[5], s[6]),
+                      _ratio(s[7], s[8]) if s[8] > 0 else None)
+
+
+def state_digest(step: int, model: nn.Module, extra: dict) -> str:
+    """A short fingerprint of what a rank starts from: the step, the model (two float64 sums per tensor) and
+    `extra` (the v_time piece's state)."""
+    with torch.no_grad():
+        sums = [(float(p.double().sum()), float(p.double().abs().sum())) for p in model.state_dict().values()
+                if p.is_floating_point()]
+    return hashlib.sha1(repr((step, sums, sorted(extra.items()))).encode()).hexdigest()[:12]
+
+
+def agree_on_start(info: DistInfo, step: int, digest: str, error: str | None, source: str) -> None:
+    """Before the first step: every rank must hold the same step and model, and none may have failed to load
+    it. Raises one line on every rank otherwise (before anything is written)."""
+    if info.world_size <= 1:
+        return
+    views: list = [None] * info.world_size
+    dist.all_gather_object(views, (step, digest, error))
+    failed = [(k, e) for k, (_, _, e) in enumerate(views) if e]
+    if failed:
+        k, e = failed[0]
+        raise RuntimeError(f"rank {k} could not start: {e}")
+    if len({(s, d) for s, d, _ in views}) > 1:
+        seen = ", ".join(f"rank {k} at step {s} (model {d})" for k, (s, d, _) in enumerate(views))
+        raise RuntimeError(f"the ranks disagree on where the run starts: {seen}; every rank must read the same "
+                           f"{source} (a results folder on a shared file system)")
+
+
+class Terminated(Exception):
+    """SIGTERM on a rank of a multi-rank job (torchrun ends the others when one fails): recorded as "failed"."""
+
+
+class sigterm_raises:  # noqa: N801 - used as a context manager, like contextlib's
+    """In a multi-rank job, SIGTERM (torchrun ending the job after a rank died) raises Terminated, so the run is
+    recorded "failed" instead of being left "running". Only where SIGTERM has its default action (submitit
+    and other launchers keep their own handlers) and on the main thread."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = (enabled and threading.current_thread() is threading.main_thread()
+                        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self._raise)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise Terminated("SIGTERM: the job was ended (another rank failed, or it was cancelled)")

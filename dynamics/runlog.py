@@ -15,9 +15,11 @@ from .results import (
     CONFIG_FILE,
     EVAL_FILE,
     METRICS_FILE,
+    RunLockedError,
     append_jsonl,
     atomic_write_json,
     read_status,
+    run_lock,
     truncate_jsonl,
     write_status,
 )
@@ -62,3 +64,18 @@ class RunLog:
         if self.is_main:
             for row in rows:
                 append_jsonl(self.run_dir / EVAL_FILE, {"epoch": epoch, **row})
+
+
+def record_failure(run_dir: Path, total_steps: int, exc: BaseException, wait_s: float | None = None) -> None:
+    """status.json "failed" with the reason, by the process that holds the run's lock. wait_s=0: take the
+    lock first, and write only if no process holds it (another rank of a job whose main rank is gone)."""
+    if wait_s is not None:
+        try:
+            with run_lock(run_dir, wait_s=wait_s):
+                record_failure(run_dir, total_steps, exc)
+        except RunLockedError:
+            pass  # the main rank is alive and records the run's end
+        return
+    step = int(read_status(run_dir).get("step", 0))
+    write_status(run_dir, "failed", step=step, total_steps=total_steps, pid=os.getpid(),
+                 error=f"{type(exc).__name__}: {exc}")

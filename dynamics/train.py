@@ -3,7 +3,8 @@
 Adam with a constant or warm-up + cosine learning rate, EMA, bf16 autocast on GPU, data parallel over
 torch.distributed (distributed.py), atomic checkpoints and exact resume (checkpoint.py), the run's status
 and logs (runlog.py), periodic evaluation of the EMA model, and a non-finite loss ending the run as
-"diverged". The objective is the phase's MeanFlowLoss (curriculum.build_objective); the run's v_time piece
+"diverged". N ranks train the same run as one process with the same global batch (docs/distributed.md).
+The objective is the phase's MeanFlowLoss (curriculum.build_objective); the run's v_time piece
 is one object, the base piece's no-ops when the config names none.
 
 Randomness is stateless: the batch and the objective's draws at a step are pure functions of
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import threading
 from pathlib import Path
 
@@ -25,14 +25,27 @@ from .checkpoint import PREV_CKPT, Checkpointer
 from .config import ConfigError, RunConfig, phase_boundaries
 from .curriculum import build_objective, build_v_time
 from .data import Dataset, build_dataset
-from .distributed import FORCE_DIST_ENV, DistInfo, all_reduce_gradients, any_rank, dist_info, setup
+from .distributed import (
+    FORCE_DIST_ENV,
+    DistInfo,
+    agree_on_start,
+    all_reduce_gradients,
+    dist_info,
+    init_from_env,
+    setup,
+    sigterm_raises,
+    state_digest,
+    step_sync,
+    wrap_model,
+)
+from .meanflow.loss import Draw, LossOutput
 from .metrics.evaluate import Evaluator
 from .models import build_model
 from .pieces import VTimePiece
 from .progress import progress as progress_bar
-from .results import RunLockedError, read_status, run_lock, write_status
+from .results import RunLockedError, run_lock
 from .rng import stream_seed
-from .runlog import RunLog
+from .runlog import RunLog, record_failure
 
 __all__ = ["Diverged", "DistInfo", "FORCE_DIST_ENV", "PREV_CKPT", "Trainer", "all_reduce_gradients", "dist_info",
            "learning_rate", "objective_generator", "train", "update_ema"]
@@ -82,6 +95,9 @@ class Trainer:
         self.cfg, tc = cfg.validate(), cfg.train
         self.run_dir, self.device = Path(run_dir), resolve_device(device)
         self.dist = setup(self.device)
+        if self.dist.world_size > 1 and cfg.objective.jvp == "compiled":
+            raise ConfigError("objective.jvp=compiled is refused with several ranks (torch.func.jvp under "
+                              "torch.compile does not trace through DDP); use rows, fused or full")
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
@@ -102,12 +118,15 @@ class Trainer:
         self.evaluator = Evaluator(cfg, self.dataset, self.device)
         self.autocast = self.device.type == "cuda" and tc.precision in ("auto", "bf16")
         self._objectives: dict[int, object] = {}
+        self._ddp: nn.Module | None = None
+        self._stop: threading.Event | None = None
+        self.stop_requested = False
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.opt.state_dict(), "v_time": self.v_time.state_dict(),
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "world_size": self.dist.world_size}
 
     def load_state_dict(self, state: dict, optimizer: bool = True) -> None:
         self.model.load_state_dict(state["model"])
@@ -120,19 +139,41 @@ class Trainer:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
 
-    def restore(self) -> None:
-        """Resume this run from its last checkpoint, or start from the configured parent run's."""
+    def restore(self) -> bool:
+        """Resume this run from its last checkpoint (returns True), or start from the configured parent run's.
+        A checkpoint written at another world size is refused: each rank's draws (t, r, noise) come from
+        streams at (seed, step, rank), so the same global batch at another world size is another run."""
         state = self.checkpoints.load_latest()
         if state is not None:
+            written = int(state.get("world_size", self.dist.world_size))
+            if written != self.dist.world_size:
+                raise ConfigError(f"resume: {self.checkpoints.last} (step {state['step']}) was written by {written} "
+                                  f"rank(s) and this job has {self.dist.world_size}; the per-rank draws depend on "
+                                  f"the world size, so resume with {written} rank(s)")
             self.load_state_dict(state)
-            self.log.resume_at(self.step)
-        elif self.cfg.init.run_dir:
+            return True
+        if self.cfg.init.run_dir:
             init = self.cfg.init
             self.load_state_dict(self.checkpoints.load_parent(init.run_dir, init.epoch),
                                  optimizer=init.load_optimizer)
             if self.step >= self.total_steps:
                 raise ConfigError(f"init: the parent checkpoint is at step {self.step}, past this run's "
                                   f"{self.total_steps} steps")
+        return False
+
+    def start(self) -> bool:
+        """restore(), then the ranks agree on the step and the model they start from (a rank that could not
+        read the checkpoint fails them all, in one line, before anything is written); returns restore()'s."""
+        error = None
+        try:
+            resumed = self.restore()
+        except Exception as exc:
+            if self.dist.world_size == 1:
+                raise
+            resumed, error = False, f"{type(exc).__name__}: {exc}"
+        digest = state_digest(self.step, self.model, self.v_time.state_dict())
+        agree_on_start(self.dist, self.step, digest, error, str(self.checkpoints.last))
+        return resumed
 
     # -- one step ---------------------------------------------------------------------------------------
     def phase_index(self, step: int) -> int:
@@ -151,8 +192,26 @@ class Trainer:
         every = round(self.cfg.eval.every_epochs * self.cfg.train.steps_per_epoch)
         return step == self.total_steps or (every > 0 and step % every == 0)
 
-    def train_step(self) -> dict:
-        """One optimiser step on this step's batch and draws; returns the row's loss columns."""
+    @property
+    def ddp(self) -> nn.Module | None:
+        """The DDP wrapper of the model when a process group is up (built at the first step), else None."""
+        if self._ddp is None and self.dist.initialized:
+            self._ddp = wrap_model(self.model, self.device)
+        return self._ddp
+
+    def loss_on(self, objective, x: torch.Tensor, d: Draw, gen: torch.Generator | None = None) -> LossOutput:
+        """This rank's loss at the current step for the draw `d`. Under DDP the graph-building forward goes
+        through the wrapper and the `rows` strategy's JVP and guidance run on the model itself (the target is
+        computed apart, under no_grad); the other strategies' JVP builds the graph, so it runs through it."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            if self.ddp is None:
+                return objective.loss_at(self.model, x, d, self.step, gen)
+            target = self.model if objective.jvp_strategy == "rows" else None
+            return objective.loss_at(self.ddp, x, d, self.step, gen, target_model=target)
+
+    def train_step(self) -> dict | None:
+        """One optimiser step on this step's batch and draws; returns the row's loss columns (the global
+        batch's). When a rank asked to stop, no update is applied and None is returned (stop_requested)."""
         tc, step, rank = self.cfg.train, self.step, self.dist.rank
         x, y = self.dataset.batch(step, tc.batch_size, tc.seed, rank, self.dist.world_size)
         x = x.to(self.device, non_blocking=True)
@@ -161,24 +220,28 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         gen = objective_generator(tc.seed, step, rank, self.device)
+        objective = self.objective(self.phase_index(step))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.objective(self.phase_index(step))(self.model, x, y, gen, step)
-        if not torch.isfinite(out.loss):
-            raise Diverged(float(out.loss.detach()))
+            d = objective.draw(x, y, gen)
+        out = self.loss_on(objective, x, d, gen)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        if self.dist.initialized:
-            all_reduce_gradients(self.model, self.dist.world_size)
+        # one all-reduce: every rank gets the same losses, non-finite verdict and stop flag
+        g = step_sync(out, self._stop is not None and self._stop.is_set(), self.dist, self.device)
+        if g.nonfinite:
+            raise Diverged(g.loss)
+        if g.stop:
+            self.stop_requested = True
+            return None
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         update_ema(self.ema, self.model, tc.ema_decay)
         self.step += 1
-        loss_v = float(out.loss_v)
-        self.v_time.update(self.step, loss_v)
-        stats = {"loss": float(out.loss.detach()), "loss_v": loss_v, "loss_u": float(out.loss_u), "lr": lr}
-        if out.noise_ratio is not None:  # O1 contamination: the measured ||noise|| / ||v||
-            stats["noise_ratio"] = float(out.noise_ratio)
+        self.v_time.update(self.step, g.loss_v)
+        stats = {"loss": g.loss, "loss_v": g.loss_v, "loss_u": g.loss_u, "lr": lr}
+        if g.noise_ratio is not None:  # O1 contamination: the measured ||noise|| / ||v||
+            stats["noise_ratio"] = g.noise_ratio
         return stats
 
     def evaluate(self) -> None:
@@ -189,12 +252,15 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self, progress: bool = False, stop: threading.Event | None = None) -> dict:
-        """Train to the end; returns the final status. When `stop` is set (a USR2 handler: preemption or
-        time-out), write a checkpoint at the current step and return "interrupted", so the requeued job
-        resumes without losing a step."""
+        """Train to the end; returns the final status. When `stop` is set on any rank (a USR2 handler:
+        preemption or time-out), every rank stops at the same step, a checkpoint is written there and the run
+        is "interrupted", so the requeued job resumes without losing a step."""
         tc = self.cfg.train
+        self._stop, self.stop_requested = stop, False
+        resumed = self.start()
         self.log.write_config(self.cfg.to_dict())
-        self.restore()
+        if resumed:
+            self.log.resume_at(self.step)
         if self.log.read_status().get("state") == "done" and self.step >= self.total_steps:
             return self.log.read_status()
         self.log.start(self.step)
@@ -208,6 +274,9 @@ class Trainer:
                     stats = self.train_step()
                 except Diverged as exc:
                     return self._end("diverged", diverged_step=self.step, loss=exc.loss)
+                if self.stop_requested:
+                    self.checkpoints.save(self.state_dict())
+                    return self._end("interrupted", reason="stop signal (preemption or time-out): checkpointed")
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     self.log.metrics({"step": self.step, "epoch": self.epoch(self.step),
@@ -217,34 +286,46 @@ class Trainer:
                 if self.checkpoints.due(self.step, tc.ckpt_every, self.total_steps):
                     self.checkpoints.save(self.state_dict())
                     self.log.status("running", self.step)
-                if stop is not None and any_rank(stop.is_set(), self.dist, self.device):
-                    self.checkpoints.save(self.state_dict())
-                    return self._end("interrupted", reason="stop signal (preemption or time-out): checkpointed")
         return self._end("done")
 
     def _end(self, state: str, **fields) -> dict:
+        """The final status: status.json's (main rank), or this rank's own view of it (the others)."""
         self.log.status(state, self.step, **fields)
-        return self.log.read_status()
+        if self.dist.is_main:
+            return self.log.read_status()
+        return {"state": state, "step": self.step, "total_steps": self.total_steps, "rank": self.dist.rank,
+                **fields}
 
 
 def train(cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None = None,
           progress: bool = False, stop: threading.Event | None = None) -> dict:
     """Train (or resume) one run into `run_dir`; returns its final status.
 
-    The run directory is locked for the run's life (one writer only; see results.run_lock). A failure
-    anywhere after the lock is taken, building the dataset or the model included, is recorded in status.json
-    as "failed" with its reason, then re-raised; a run that finds the lock held changes nothing."""
+    Under a launcher (torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) this process joins the
+    job's process group first (distributed.init_from_env) and leaves it at the end. The run directory is
+    locked by the main rank for the run's life (one writer only; see results.run_lock). A failure anywhere
+    after the lock is taken, building the dataset or the model included, is recorded in status.json as
+    "failed" with its reason, then re-raised; a run that finds the lock held changes nothing. When the main
+    rank is gone (killed), another rank whose run fails records "failed" in its place."""
     run_dir = Path(run_dir)
     cfg.validate()  # bad input: one clear error, nothing written
-    if not dist_info().is_main:
-        return Trainer(cfg, run_dir, device).run(progress=False, stop=stop)
-    with run_lock(run_dir):
-        try:
-            return Trainer(cfg, run_dir, device).run(progress=progress, stop=stop)
-        except RunLockedError:
-            raise
-        except Exception as exc:
-            step = int(read_status(run_dir).get("step", 0))
-            write_status(run_dir, "failed", step=step, total_steps=cfg.total_steps(), pid=os.getpid(),
-                         error=f"{type(exc).__name__}: {exc}")
-            raise
+    device, started = init_from_env(device)
+    try:
+        with sigterm_raises(dist_info().world_size > 1):
+            if not dist_info().is_main:
+                try:
+                    return Trainer(cfg, run_dir, device).run(progress=False, stop=stop)
+                except Exception as exc:
+                    record_failure(run_dir, cfg.total_steps(), exc, wait_s=0)  # only when the main rank's lock is free
+                    raise
+            with run_lock(run_dir):
+                try:
+                    return Trainer(cfg, run_dir, device).run(progress=progress, stop=stop)
+                except RunLockedError:
+                    raise
+                except Exception as exc:
+                    record_failure(run_dir, cfg.total_steps(), exc)
+                    raise
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()

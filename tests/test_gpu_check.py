@@ -89,7 +89,7 @@ def test_calibrated_rates_feed_the_cost_model(tmp_path, monkeypatch):
 
 
 def test_forced_distributed_all_reduces_at_world_size_one(tmp_path, monkeypatch):
-    """DYNAMICS_FORCE_DIST=1: the trainer starts gloo on one process and all-reduces; same step as without."""
+    """DYNAMICS_FORCE_DIST=1: the trainer starts gloo on one process and trains through DDP; same step as without."""
     import torch.distributed as dist
 
     from dynamics import train as train_mod
@@ -99,8 +99,8 @@ def test_forced_distributed_all_reduces_at_world_size_one(tmp_path, monkeypatch)
     plain = train_mod.Trainer(cfg, tmp_path / "a", "cpu")
     plain.train_step()
     calls = []
-    original = train_mod.all_reduce_gradients
-    monkeypatch.setattr(train_mod, "all_reduce_gradients", lambda m, w: (calls.append(w), original(m, w)))
+    original = train_mod.wrap_model
+    monkeypatch.setattr(train_mod, "wrap_model", lambda m, d: (calls.append(1), original(m, d))[1])
     monkeypatch.setenv(train_mod.FORCE_DIST_ENV, "1")
     try:
         forced = train_mod.Trainer(cfg, tmp_path / "b", "cpu")

@@ -7,6 +7,7 @@ inside its body, so each loads only its own.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if problems := config_problems(cfg):
         return fail(problems[0])
     status = train(cfg, args.out, device=args.device, progress=not args.quiet)
-    print(f"{status['state']}: {args.out} (step {status.get('step')})")
+    world = int(os.environ.get("WORLD_SIZE") or 1)  # under torchrun every rank prints its own line
+    where = f"; rank {os.environ.get('RANK')} of {world}" if world > 1 else ""
+    print(f"{status['state']}: {args.out} (step {status.get('step')}{where})")
     return 0 if status["state"] == "done" else 1
 
 

@@ -56,6 +56,7 @@ class LossOutput:
     r: Tensor
     target: Tensor | None = None  # u_tgt as the loss saw it (after guidance and contamination), detached
     noise_ratio: Tensor | None = None  # contamination: mean ||noise|| / ||v|| over the v rows (None: off)
+    is_v: Tensor | None = None  # which rows are v rows (r = t): the masks of loss_v and loss_u, for global means
 
 
 def adaptive_loss(D: Tensor, p: float, c: float) -> Tensor:
@@ -161,4 +162,4 @@ class MeanFlowLoss:
         loss_v = (D * is_v).sum() / is_v.sum()  # 0 / 0 = nan when there are no v rows
         loss_u = (D * ~is_v).sum() / (~is_v).sum()
         return LossOutput(loss, loss_v, loss_u, D, weight.detach(), t, r, target=u_tgt.detach(),
-                          noise_ratio=noise_ratio)
+                          noise_ratio=noise_ratio, is_v=is_v)
