@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE ?= cpu
+TEST_WORKERS ?= 2
 
 .PHONY: install test lint reproduce bench gpu-check clean
 
@@ -17,9 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest-xdist workers; the tests of a file stay on one worker (tests/conftest.py). TEST_WORKERS=0: one process.
 test: $(STAMP)
 	$(BIN)/ruff check dynamics experiments tests benchmarks
-	$(BIN)/python -m pytest -x tests
+	$(BIN)/python -m pytest -x -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check dynamics experiments tests benchmarks

@@ -45,11 +45,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def o1_local(tmp_path_factory):
-    """o1-v-first at smoke scale through the local executor (subprocesses, 2 at once)."""
-    root = tmp_path_factory.mktemp("store")
-    final = launch([get_study("o1-v-first")], "smoke", executor="local", root=root, jobs=2, progress=False)
-    return root, final
+def o1_local(o1_local_store):
+    """o1-v-first at smoke scale through the local executor (subprocesses, 2 at once): tests/conftest.py."""
+    return o1_local_store
 
 
 def test_local_grid_runs_and_rerun_trains_nothing(o1_local):

@@ -8,6 +8,7 @@ the tests then inject the faults and check the outcomes."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import subprocess
@@ -19,13 +20,16 @@ import pytest
 import torch
 
 from dynamics.cli import main as cli_main
-from dynamics.launch import absolute_init, launch, plan, squeue_states
+from dynamics.launch import absolute_init, launch, load_profile, plan, squeue_states
+from dynamics.launch.job import slurm_duration_s
 from dynamics.results import JOB_FILE, METRICS_FILE, checkpoint_path, last_jsonl_row, read_json, read_jsonl, read_status
 from dynamics.train import train
 from experiments.registry import Finding, Metric, RunSpec, Study, base_config, get_study, joint, register
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "local.toml"
+SIGNAL_DELAY_S = load_profile(PROFILE)["signal_delay_s"]  # USR2 this long before the time limit
+SLURM_TICK_S = 30  # slurmctld checks time limits, and sends that USR2, every 30 s
 
 FAULTS = ("usr2", "timeout", "requeue", "scancel", "kill9")
 FAULT_STEPS = 5000  # long enough that SLURM's time-limit signal (on a ~30 s tick) lands while the run trains
@@ -154,24 +158,81 @@ def test_no_second_submission_while_queued(submitted):
         assert job_id(submitted["runs"][uid].run_dir) == verdict.split()[1]
 
 
+class FaultWatch:
+    """What the fault test reads while it waits, on every poll: the step each signalled run checkpointed at, the
+    states `plan` showed for it afterwards, and, once submitit has told the time-out from a preemption, the
+    time-out job's hour given back (before that, a restored limit would read as a preemption; after its requeue,
+    a short limit would time the resumed job out again)."""
+
+    def __init__(self, root: Path, runs: dict, jobs: dict[str, str], study: Study):
+        self.root, self.runs, self.jobs, self.study = root, runs, jobs, study
+        self.interrupted: dict[str, int] = {}
+        self.seen: dict[str, set] = {"usr2": set(), "timeout": set()}
+        self.limit_lowered = self.restored = False
+        self._next = 0.0
+
+    def poll(self) -> None:
+        if time.time() < self._next:
+            return
+        self._next = time.time() + 0.2
+        states = {r.spec.key.split("/")[0]: r.state for r in plan([self.study], "smoke", self.root, seeds=1)}
+        for fault in self.seen:
+            status = read_status(self.runs[fault].run_dir)
+            if fault not in self.interrupted and status.get("state") == "interrupted":
+                self.interrupted[fault] = int(status["step"])
+            if fault in self.interrupted:
+                self.seen[fault].add(states[fault])
+        job = self.jobs["timeout"]
+        if self.limit_lowered and not self.restored and "Caught signal SIGUSR2" in submitit_log(self.root, job):
+            update = ["scontrol", "update", f"JobId={job}", "TimeLimit=60"]
+            self.restored = subprocess.run(update, capture_output=True).returncode == 0
+
+    def resumed(self) -> bool:
+        self.poll()
+        def back(f: str) -> bool:  # requeued, or already training past the step it stopped at
+            return "requeued" in self.seen[f] or step_of(self.runs[f].run_dir) > self.interrupted[f] + 50
+
+        return self.restored and all(f in self.interrupted and back(f) for f in self.seen)
+
+
+def time_used_s(job: str) -> int:
+    """Seconds the job has run, as SLURM counts it (squeue %M)."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%M"], capture_output=True, text=True, check=True)
+    used = slurm_duration_s(out.stdout)
+    assert used is not None, f"squeue -j {job}: {out.stdout!r}"
+    return used
+
+
+def limit_near(job: str) -> int:
+    """A time limit (whole minutes, as SLURM keeps it) that leaves the job signal_delay_s +- 30 s: SLURM's next
+    limit check (every 30 s) sends USR2, at least signal_delay_s - 60 s before the limit kills the job, whatever
+    the job's age. A fixed 1-minute limit would kill a job older than a minute at the very check that signals it."""
+    return math.ceil((time_used_s(job) + SIGNAL_DELAY_S - SLURM_TICK_S) / 60)
+
+
 def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp_path):
     root, runs = submitted["root"], _runs(submitted, "faults")
+    faults = submitted["studies"]["faults"]
     jobs = {f: job_id(runs[f].run_dir) for f in FAULTS}
+    watch = FaultWatch(root, runs, jobs, faults)
     at: dict[str, int] = {}
-    interrupted: dict[str, int] = {}
     todo = list(FAULTS)
-    deadline = time.time() + 600  # generous: on a loaded machine the jobs may wait in the queue
+    deadline = time.time() + 900  # a deadline for a hung cluster only: on a loaded machine jobs may wait long
     while todo and time.time() < deadline:
         for fault in list(todo):
             run_dir = runs[fault].run_dir
             step = step_of(run_dir)
-            if step < FAULT_AT or read_status(run_dir).get("state") != "running":
+            # the time-out early (its signal comes at SLURM's next limit check, up to 30 s later), the others once
+            # the run is past its first periodic checkpoint, which the killed ones resume from
+            if step < (1 if fault == "timeout" else FAULT_AT) or read_status(run_dir).get("state") != "running":
                 continue
             at[fault] = step
             if fault == "usr2":  # preemption, as SLURM signals it
                 subprocess.run(["scancel", "-s", "USR2", jobs[fault]], check=True)
             elif fault == "timeout":  # the time limit is now near: SLURM sends USR2 signal_delay_s before it
-                subprocess.run(["scontrol", "update", f"JobId={jobs[fault]}", "TimeLimit=1"], check=True)
+                limit = limit_near(jobs[fault])
+                subprocess.run(["scontrol", "update", f"JobId={jobs[fault]}", f"TimeLimit={limit}"], check=True)
+                watch.limit_lowered = True
             elif fault == "requeue":
                 subprocess.run(["scontrol", "requeue", jobs[fault]], check=True)
             elif fault == "scancel":
@@ -179,42 +240,25 @@ def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp
             else:
                 os.kill(int(read_status(run_dir)["pid"]), signal.SIGKILL)
             todo.remove(fault)
+        watch.poll()
         time.sleep(0.05)
     assert not todo, f"faults not injected (runs never got past step {FAULT_AT}): {todo}"
 
-    restored: list[bool] = []
-    seen: dict[str, set] = {"usr2": set(), "timeout": set()}
+    # cancelled and killed: out of the queue, to resume from their last checkpoint once submitted again (the
+    # others are in the queue, running or requeued, so a launch submits these two only)
+    ids = [jobs["scancel"], jobs["kill9"]]
+    wait_until(lambda: watch.poll() or not set(queued(ids)) & set(ids), 600, f"jobs {ids} to leave the queue")
+    actions = {r.spec.key.split("/")[0]: r.action for r in plan([faults], "smoke", root, seeds=1)}
+    assert actions["scancel"] == actions["kill9"] == "resume", actions
+    final = launch([faults], "smoke", executor="slurm", root=root, seeds=1, profile=PROFILE, progress=False)
+    assert sorted(k.split(":")[1].split("/")[0] for k in final) == ["kill9", "scancel"]
 
-    def stopped_by_signal():
-        states = {r.spec.key.split("/")[0]: r.state for r in plan([faults], "smoke", root, seeds=1)}
-        for fault in ("usr2", "timeout"):
-            status = read_status(runs[fault].run_dir)
-            if fault not in interrupted and status.get("state") == "interrupted":
-                interrupted[fault] = int(status["step"])
-            if fault in interrupted:
-                seen[fault].add(states[fault])
-        if "timeout" in interrupted and not restored:  # give the requeued job its hour back
-            update = ["scontrol", "update", f"JobId={jobs['timeout']}", "TimeLimit=60"]
-            restored.extend([True] if subprocess.run(update, capture_output=True).returncode == 0 else [])
-        resumed = all(f in interrupted and ("requeued" in seen[f] or step_of(runs[f].run_dir) > interrupted[f] + 50)
-                      for f in seen)
-        return resumed and restored
-
-    faults = submitted["studies"]["faults"]
-    wait_until(stopped_by_signal, 400, "the USR2 and time-out checkpoints and their requeue", poll=0.2)
+    wait_until(watch.resumed, 900, "the USR2 and time-out checkpoints and their requeue", poll=0.05)
     reference = tmp_path / "uninterrupted"
     train(absolute_init(runs["usr2"].config.to_dict(), root), reference)  # meanwhile, the uninterrupted run
+    _wait_out_of_queue(runs.values(), 900)
 
-    _wait_out_of_queue(runs.values(), 300)
-    states = {f: read_status(runs[f].run_dir).get("state") for f in FAULTS}
-    assert states["usr2"] == states["timeout"] == states["requeue"] == "done", states
-    actions = {r.spec.key.split("/")[0]: r.action for r in plan([faults], "smoke", root, seeds=1)}
-    assert actions["scancel"] == actions["kill9"] == "resume"
-    final = launch([faults], "smoke", executor="slurm", root=root, seeds=1, profile=PROFILE,
-                   progress=False)
-    assert sorted(k.split(":")[1].split("/")[0] for k in final) == ["kill9", "scancel"]
-    _wait_out_of_queue([runs["scancel"], runs["kill9"]], 240)
-
+    interrupted, seen = watch.interrupted, watch.seen
     for fault in FAULTS:
         run_dir = runs[fault].run_dir
         assert read_status(run_dir)["state"] == "done", (fault, read_status(run_dir))
@@ -232,13 +276,13 @@ def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp
     assert "this job is timed-out" in submitit_log(root, jobs["timeout"])
 
 
-def test_grid_equals_the_local_executor(submitted, tmp_path):
+def test_grid_equals_the_local_executor(submitted, o1_local_store):
     runs = _runs(submitted, "grid")
-    _wait_out_of_queue(runs.values(), 300)
+    _wait_out_of_queue(runs.values(), 600)
     study = submitted["studies"]["grid"]
-    local = launch([study], "smoke", executor="local", root=tmp_path, seeds=1, jobs=2, progress=False)
+    local_root, local = o1_local_store  # the same grid through the local executor (tests/conftest.py)
     assert set(local.values()) == {"done"}
-    twins = {r.spec.key: r for r in plan([study], "smoke", tmp_path, seeds=1)}
+    twins = {r.spec.key: r for r in plan([study], "smoke", local_root, seeds=1)}
     for run in runs.values():
         assert read_status(run.run_dir)["state"] == "done"
         assert_same_weights(run.run_dir, twins[run.spec.key].run_dir)
