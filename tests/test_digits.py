@@ -107,10 +107,16 @@ def test_image_grid_rows_are_classes_and_blocks_are_samplers():
     assert np.all(mosaic[8] == 255)  # the white line between rows
 
 
-def test_class_accuracy_of_real_digits_and_of_wrong_labels(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory):
+    """This module's classifier cache: the classifier is trained once, by the first test that needs it."""
+    return tmp_path_factory.mktemp("digits_cache")
+
+
+def test_class_accuracy_of_real_digits_and_of_wrong_labels(digits_cache, monkeypatch):
     from dynamics.metrics import digits_fd, fid
 
-    monkeypatch.setenv("DYNAMICS_CACHE", str(tmp_path))
+    monkeypatch.setenv("DYNAMICS_CACHE", str(digits_cache))
     digits_fd._cached_classifier.cache_clear()
     test = Digits("test")
     assert fid.digits_class_accuracy(test.x, test.y) > 0.95
@@ -119,14 +125,14 @@ def test_class_accuracy_of_real_digits_and_of_wrong_labels(tmp_path, monkeypatch
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, digits_cache):
     """A short digits run of the preset's model and objective (CFG on), ~30 s on one core."""
     from dynamics.config import apply_overrides, preset
     from dynamics.train import train
 
     root = tmp_path_factory.mktemp("digits_run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DYNAMICS_CACHE", str(root / "cache"))
+        mp.setenv("DYNAMICS_CACHE", str(digits_cache))
         cfg = apply_overrides(preset("digits"), [
             "train.batch_size=64", "train.steps_per_epoch=60", "train.epochs=3", "train.warmup_steps=20",
             "train.log_every=10", "train.threads=1", "eval.every_epochs=0", "eval.num_samples=200",
