@@ -100,3 +100,28 @@ def slurm_cluster() -> Path:
     yield REPO / "slurm" / "local.toml"
     if not before:
         subprocess.run([str(REPO / "slurm" / "stop.sh")], capture_output=True, timeout=300)
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 (a BaseException, so no `except Exception` in the trainer records it)."""
+
+
+@pytest.fixture
+def kill_after():
+    """`kill_after(trainer, step)`: run the Trainer and end the process's work as a kill -9 would, right after
+    the checkpoint of `step` is on disk (status.json still says "running"; nothing after it is written)."""
+
+    def run_until_killed(trainer, step: int) -> None:
+        save = trainer.checkpoints.save
+
+        def save_then_die(state: dict) -> None:
+            save(state)
+            if state["step"] >= step:
+                raise Killed
+
+        trainer.checkpoints.save = save_then_die
+        with pytest.raises(Killed):
+            trainer.run()
+        del trainer.checkpoints.save  # the instance attribute: the class's save again
+
+    return run_until_killed
