@@ -8,6 +8,8 @@ other failure to start is a test error.
 `o1_local_store`: o1-v-first at smoke scale through the local executor, trained once per test run and read by
 test_launch.py and test_slurm.py (whichever worker asks first trains it; the other waits for it).
 
+`kill_after`: run a Trainer and stop it as a kill -9 would, right after a given step's checkpoint.
+
 Parallel runs: the tests of one file run on one worker (they share module fixtures: a trained run, a cluster, a
 results store), except the files in SPREAD, whose tests are independent; the slowest files start first."""
 
