@@ -154,7 +154,7 @@ def _one_process_step0(cfg, tmp: Path) -> tuple[dict, list[torch.Tensor]]:
            for f in ("t", "r", "e", "y")]
     out = trainer.loss_on(objective, x, Draw(*cat, n_v=None))
     out.loss.backward()
-    losses = {"loss": float(out.loss), "loss_v": float(out.loss_v), "loss_u": float(out.loss_u)}
+    losses = {"loss": float(out.loss.detach()), "loss_v": float(out.loss_v), "loss_u": float(out.loss_u)}
     return losses, [p.grad for p in trainer.model.parameters()]
 
 
@@ -223,7 +223,8 @@ def test_resuming_at_another_world_size_is_refused_in_one_line(job):
 def _torchrun(run_dir: Path) -> subprocess.Popen:
     cmd = [str(ROOT / ".venv/bin/torchrun"), "--standalone", "--nproc-per-node=2",
            str(ROOT / ".venv/bin/dynamics"), "train", "--preset", "smoke-dtd-lu", "--out", str(run_dir),
-           "--device", "cpu", "--quiet", *SMOKE]
+           "--device", "cpu", "--quiet", *SMOKE,
+           "eval.every_epochs=0.5", "eval.num_samples=1024"]  # evaluations on rank 0: time to kill it mid-run
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
