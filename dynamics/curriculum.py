@@ -41,8 +41,9 @@ class MinSNRWeight:
       a v-prediction loss put on the velocity error as it stands (= velocity / ((1 - t)^2 + t^2); the diffusion
       v target of this path, rescaled to unit variance, errs by sqrt((1 - t)^2 + t^2) x the velocity error).
       Zero at both ends.
-    Only `velocity` makes the v term Min-SNR-gamma's objective; the other two are that objective times
-    1 / (1 - t)^2 or 1 / ((1 - t)^2 + t^2), kept as switches because the paper does not write its alpha(t).
+    Only `velocity` makes the v term Min-SNR-gamma's objective, hence the default; the other two are that
+    objective times 1 / (1 - t)^2 or 1 / ((1 - t)^2 + t^2), switches for a code that put Min-SNR's eps- or
+    v-prediction weight on the velocity error as it stands (docs/fidelity.md).
     Each is divided by its mean over the sampler's v-row t distribution (exact quadrature of the quantile
     function), so E_t[alpha] = 1 and the v term keeps its scale.
     """
