@@ -15,6 +15,7 @@ from dynamics.config import (
     preset_names,
     to_dataclass,
 )
+from dynamics.curriculum import DTDSchedule
 
 
 @pytest.mark.parametrize("d, message", [
@@ -101,6 +102,10 @@ def test_a_stored_config_of_dtd_patience_pacing_still_loads():
     paced = RunConfig.from_dict({"objective": {"dtd": {"mode": "pace", "patience": 5e-4}}})
     assert (paced.objective.dtd.mode, paced.objective.dtd.tau_share) == ("pace", 5e-4)
     assert RunConfig.from_dict(preset("b4-dtd").to_dict()) == preset("b4-dtd")
+    with pytest.raises(ConfigError, match="objective.dtd.tau=50 is ignored while objective.dtd.tau_share"):
+        apply_overrides(preset("cpu-dtd"), ["objective.dtd.tau=50"])
+    own_tau = apply_overrides(preset("cpu-dtd"), ["objective.dtd.tau=50", "objective.dtd.tau_share=0"])
+    assert DTDSchedule(own_tau.objective.dtd, 2_400).tau == 50
 
 
 def test_paper_presets_train_in_float32_and_digits_clips_gradients():

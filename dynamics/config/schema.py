@@ -199,6 +199,9 @@ class DTDConfig:
         if self.tau < 1:
             raise ConfigError(f"objective.dtd.tau={self.tau} must be >= 1 (iterations)")
         _in_range("objective.dtd.tau_share", self.tau_share, 0.0, 1.0)
+        if self.tau_share > 0 and self.tau != PAPER_TAU:  # one of the two sets tau, not both
+            raise ConfigError(f"objective.dtd.tau={self.tau} is ignored while objective.dtd.tau_share="
+                              f"{self.tau_share:.3g} > 0; set objective.dtd.tau_share=0 to use tau")
         _in_range("objective.dtd.pace_until", self.pace_until, 0.0, 1.0, lo_open=True)
 
     def tau_for(self, total_steps: int) -> int:
