@@ -5,7 +5,7 @@
     python3 benchmarks/gpu_check.py --json out.json --calibrate   # CUDA: also write dynamics/measured_rates.json
 
 Sections (each one's checks pass, fail or are skipped with the reason; the exit status is 1 if any failed):
-1. train: the b4 preset (DiT-B/4, paper optimiser, model.time_scale=1, bf16 autocast on CUDA) through the
+1. train: the b4 preset (DiT-B/4, paper optimiser, model.time_scale=1, float32 as the preset) through the
    trainer's own loop on synthetic class-dependent latents written as real shards (dynamics.data.imagenet's
    format); loss finite and falling; the checkpoint kept `resume_steps` before the end, resumed in another run
    directory, ends in the same state as the uninterrupted run (CPU: bit for bit; CUDA: bit for bit with
@@ -194,7 +194,7 @@ def section_train(sz: Sizes, work: Path, deterministic: bool) -> Section:
     sec.values["shards"] = {"samples": index["num_samples"], "files": len(index["shards"])}
     cfg = train_config(sz, work / "shards")
     sec.values.update(model=f"DiT-{sz.dit}", batch=sz.batch, steps=sz.train_steps, time_scale=cfg.model.time_scale,
-                      precision="bf16 autocast" if sz.device == "cuda" else "fp32", jvp=cfg.objective.jvp)
+                      precision=cfg.train.precision, jvp=cfg.objective.jvp)
     if sz.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(cfg, work / "run", sz.device)

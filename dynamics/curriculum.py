@@ -2,7 +2,7 @@
 
     L = E[ 1(t = r) alpha(t) L_v(z_t, t) + 1(t != r) beta(dt, s) L_u(z_t, r, t) ],   dt = t - r
 
-- alpha(t): the v-term weight; MinSNR-gamma on the velocity error (`MinSNRWeight`).
+- alpha(t): the v-term weight; Min-SNR-gamma on the velocity error, in one of three forms (`MinSNRWeight`).
 - p_acc(t): the v-term timestep sampling; DTD's easiest-first clusters (`DTDSchedule`, a v_time piece).
 - beta(dt, s): the progressive u-term weight (`ProgressiveUWeight`).
 - phases: a run as a sequence of (epochs, loss terms, sampler) (`build_objective` per phase).
@@ -25,23 +25,49 @@ from .pieces import PieceContext, PieceError, VTimePiece, register_piece
 
 
 class MinSNRWeight:
-    """alpha(t) = min((1 - t)^2, gamma t^2) / E_t[min((1 - t)^2, gamma t^2)].
+    """alpha(t): a Min-SNR-gamma weight (Hang et al. 2023) on the velocity error, divided by its mean.
 
-    Min-SNR-gamma (Hang et al. 2023) weights the x0-space error by min(SNR, gamma), SNR = ((1 - t) / t)^2.
-    Since x_hat = z_t - t u_hat, ||x - x_hat|| = t ||v - u_hat||, so on the velocity error the weight is
-    min(SNR, gamma) t^2 = min((1 - t)^2, gamma t^2). Dividing by its mean over the sampler's v-row t
-    distribution (exact quadrature of the quantile function) keeps the v term's overall scale.
+    Convention: z = (1 - t) x + t e (t = 0 data, t = 1 noise), v = e - x, SNR = ((1 - t) / t)^2; the model's
+    velocity u_hat gives x_hat = z - t u_hat and e_hat = z + (1 - t) u_hat, so
+        ||x - x_hat|| = t ||v - u_hat||,   ||e - e_hat|| = (1 - t) ||v - u_hat||.
+    Min-SNR-gamma weighs the x0 error by min(SNR, gamma); the weight of each `form` on ||v - u_hat||^2:
+    - velocity (default): min(SNR, gamma) t^2 = min((1 - t)^2, gamma t^2): Min-SNR-gamma exactly, carried from
+      the x0 error to the velocity error (the same weight follows from the eps error, min(SNR, gamma) / SNR x
+      (1 - t)^2). Zero at t = 1, where 1-NFE sampling starts, and at t = 0.
+    - noise: min(SNR, gamma) / SNR = min(1, gamma t^2 / (1 - t)^2), Min-SNR's weight for an eps-prediction loss
+      put on the velocity error as it stands (= velocity / (1 - t)^2): the plain velocity loss for
+      t >= 1 / (1 + sqrt(gamma)), shrunk towards t = 0; 1 at t = 1.
+    - vpred: min(SNR, gamma) / (SNR + 1) = min((1 - t)^2, gamma t^2) / ((1 - t)^2 + t^2), Min-SNR's weight for
+      a v-prediction loss put on the velocity error as it stands (= velocity / ((1 - t)^2 + t^2); the diffusion
+      v target of this path, rescaled to unit variance, errs by sqrt((1 - t)^2 + t^2) x the velocity error).
+      Zero at both ends.
+    Only `velocity` makes the v term Min-SNR-gamma's objective, hence the default; the other two are that
+    objective times 1 / (1 - t)^2 or 1 / ((1 - t)^2 + t^2), switches for a code that put Min-SNR's eps- or
+    v-prediction weight on the velocity error as it stands (docs/fidelity.md).
+    Each is divided by its mean over the sampler's v-row t distribution (exact quadrature of the quantile
+    function), so E_t[alpha] = 1 and the v term keeps its scale.
     """
 
-    def __init__(self, sampler: TimeSampler, gamma: float = 5.0):
+    def __init__(self, sampler: TimeSampler, gamma: float = 5.0, form: str = "velocity"):
+        if form not in MINSNR_FORMS:
+            raise ValueError(f"minsnr form {form!r} is not one of {', '.join(MINSNR_FORMS)}")
         self.gamma = gamma
+        self.form = form
         self.norm = sampler.v_expectation(self.unnormalised)
 
     def unnormalised(self, t: Tensor) -> Tensor:
-        return torch.minimum((1 - t) ** 2, self.gamma * t**2)
+        velocity = torch.minimum((1 - t) ** 2, self.gamma * t**2)
+        if self.form == "noise":  # min(1, gamma / SNR); at t = 1, gamma / 0 = inf and the minimum is 1
+            return torch.minimum(torch.ones_like(t), self.gamma * t**2 / (1 - t) ** 2)
+        if self.form == "vpred":
+            return velocity / ((1 - t) ** 2 + t**2)
+        return velocity
 
     def __call__(self, t: Tensor) -> Tensor:
         return self.unnormalised(t) / self.norm
+
+
+MINSNR_FORMS = ("velocity", "noise", "vpred")
 
 
 class ProgressiveUWeight:
@@ -96,23 +122,21 @@ class DTDSchedule(VTimePiece):
     accumulation); at stage N - 1 that union is the whole base distribution, kept to the end of the run. DTD
     clusters the timesteps uniformly under its uniform sampler; under a non-uniform base sampler
     equal-probability clusters carry that rule over. The stage advances
-    - `patience` (default, DTD's adaptive pacing): the mean v error over a window of P = patience * T steps
-      (at least 1) is compared with the best window of the current stage; a window that does not improve on
-      it means no improvement within the maximum patience, and the next cluster opens (the best resets);
-    - `pace`: cluster s opens at step s / N * pace_until * T (deterministic, reproducible).
-    Choices the DTD paper leaves open, stated: the loss compared is the raw per-sample v error D (comparable
-    within a stage), averaged over the window instead of smoothed per iteration.
+    - `counter` (default, DTD's Algorithm 1): each step's v error either is a new best of the stage (the counter
+      resets) or is not (the counter counts one); when the counter reaches tau the next cluster opens and the
+      best and the counter reset. The signal is the raw per-step v error the trainer passes (mean D over the
+      batch's v rows, all-reduced over ranks), not the adaptively weighted loss (~1 whatever the error); a step
+      without v rows (nan) leaves the counter as it is. tau: DTDConfig.tau_for (200 iterations at paper scale);
+    - `pace` (an ablation): cluster s opens at step s / N * pace_until * T (deterministic, reproducible).
     """
 
     def __init__(self, cfg: DTDConfig, total_steps: int):
         self.cfg = cfg
         self.total_steps = total_steps
-        self.window = max(1, round(cfg.patience * total_steps))
+        self.tau = cfg.tau_for(total_steps)
         self.stage = 0
         self.best = math.inf
-        self.bad_windows = 0
-        self.window_sum = 0.0
-        self.window_n = 0
+        self.counter = 0
 
     @property
     def finished(self) -> bool:
@@ -138,24 +162,22 @@ class DTDSchedule(VTimePiece):
             return
         if self.finished or not math.isfinite(loss_v):
             return
-        self.window_sum += loss_v
-        self.window_n += 1
-        if self.window_n < self.window:
+        if loss_v < self.best:
+            self.best, self.counter = loss_v, 0
             return
-        mean = self.window_sum / self.window_n
-        self.window_sum, self.window_n = 0.0, 0
-        if mean < self.best:
-            self.best, self.bad_windows = mean, 0
-            return
-        self.stage += 1  # no improvement within the patience window: open the next cluster
-        self.best, self.bad_windows = math.inf, 0
+        self.counter += 1
+        if self.counter >= self.tau:  # tau iterations without a new best: open the next cluster
+            self.stage += 1
+            self.best, self.counter = math.inf, 0
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("stage", "best", "bad_windows", "window_sum", "window_n")}
+        return {"stage": self.stage, "best": self.best, "counter": self.counter}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+        """The stage, best and counter; a checkpoint of the windowed rule (before the counter) keeps its stage."""
+        self.stage = int(state["stage"])
+        self.best = float(state.get("best", math.inf))
+        self.counter = int(state.get("counter", 0))
 
 
 def contamination_noise(v: Tensor, gen: torch.Generator, k: float, form: str = "literal") -> Tensor:
@@ -183,7 +205,7 @@ def contaminate(v: Tensor, gen: torch.Generator, k: float, form: str = "literal"
 # own fields, so configs and result hashes read as before.
 @register_piece("alpha", "minsnr")
 def _minsnr(ctx: PieceContext, params: None) -> MinSNRWeight:
-    return MinSNRWeight(ctx.base_sampler, ctx.objective.minsnr_gamma)
+    return MinSNRWeight(ctx.base_sampler, ctx.objective.minsnr_gamma, ctx.objective.minsnr_form)
 
 
 @register_piece("beta", "progressive")

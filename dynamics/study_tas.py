@@ -23,7 +23,7 @@ import pandas as pd
 
 from experiments.registry import Study
 
-from .affinity import DEFAULT_BATCHES, AffinityError, task_affinity
+from .affinity import DEFAULT_BATCHES, DEFAULT_SETS, AffinityError, samples_for, task_affinity
 from .config import InitConfig, RunConfig
 from .launch import plan
 from .results import atomic_write_bytes, config_hash
@@ -31,27 +31,45 @@ from .results import atomic_write_bytes, config_hash
 TAS_FILE = "tas.csv"
 UNITS_DIR = "tas_units"  # one pickled list of frames per finished (seed, init) unit
 
-# O3's step variants: the verdict is computed under each; `b` is the headline.
+# O3's measures: the verdict is computed under each; the authors' TAS (Go et al. 2023) is the headline, the
+# lookahead steps and the per-batch cosine are its robustness checks.
 STUDY_VARIANTS: dict[str, dict] = {
+    "tas: accumulated-gradient cosine": dict(method="accumulated"),
     "a: grad step at run lr": dict(method="lookahead", optimizer="sgd"),
     "b: grad step of equal length": dict(method="lookahead", optimizer="sgd-length"),
     "c: run's Adam state": dict(method="lookahead", optimizer="adam"),
     "d: gradient cosine": dict(method="cosine"),
 }
-DEFAULT_VARIANT = "b: grad step of equal length"
-# Batches per TAS value where the library's 16 would not fit a scale's reproduction: at digits one measurement (5
-# tasks, batch 256, tiny DiT) took ~100 CPU-seconds at 16 batches and O3 makes 63 of them (~50 minutes on 2 cores).
+DEFAULT_VARIANT = "tas: accumulated-gradient cosine"
+# Batches per value of the per-batch variants (lookahead, cosine) where the library's 16 would not fit a scale's
+# reproduction: at digits one measurement (5 tasks, batch 256, tiny DiT) took ~100 CPU-seconds at 16 batches and
+# O3 makes 63 of them (~50 minutes on 2 cores). The accumulated TAS measures one set of the scale's N samples
+# (dynamics.affinity.SAMPLES_BY_SCALE).
 STUDY_BATCHES = {"digits": 8}
 
 
-def _unit_key(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: list[str],
-              kwargs: dict) -> str:
+def variant_settings(scale: str, variants: Sequence[str], batches: int | None = None, samples: int | None = None,
+                     **kwargs) -> dict[str, dict]:
+    """Each variant's task_affinity settings at a scale: its method (and step), its batches (given, else one
+    sample set for the accumulated TAS and the scale's STUDY_BATCHES or 16 for a per-batch method), its N."""
+    out = {}
+    for variant in variants:
+        settings = {**kwargs, **STUDY_VARIANTS[variant]}
+        per_batch = settings["method"] != "accumulated"
+        settings["batches"] = batches or (STUDY_BATCHES.get(scale, DEFAULT_BATCHES) if per_batch else DEFAULT_SETS)
+        if not per_batch:
+            settings["samples"] = samples or samples_for(scale)
+        out[variant] = settings
+    return out
+
+
+def _unit_key(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: dict[str, dict]) -> str:
     """What decides a unit's numbers: the weights (a run directory's name is its config hash; a fresh init's
-    config), the tasks, the variants and the TAS settings (not `progress`)."""
+    config), the tasks and every variant's settings (method, step, batches, N; not `progress`)."""
     weights = source.to_dict() if isinstance(source, RunConfig) else Path(source).name
-    settings = {k: v for k, v in kwargs.items() if k != "progress"}
+    settings = {v: {k: x for k, x in kw.items() if k != "progress"} for v, kw in variants.items()}
     return config_hash(dict(init=init, seed=seed, weights=weights, tasks=[str(t) for t in tasks],
-                            variants=variants, settings=settings), length=16)
+                            variants=settings), length=16)
 
 
 def _load_unit(path: Path) -> list[pd.DataFrame] | None:
@@ -62,16 +80,15 @@ def _load_unit(path: Path) -> list[pd.DataFrame] | None:
         return None
 
 
-def _unit(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: list[str],
-          kwargs: dict, save_to: Path | None = None) -> list[pd.DataFrame]:
+def _unit(init: str, seed: int, source: str | Path | RunConfig, tasks: list, variants: dict[str, dict],
+          save_to: Path | None = None) -> list[pd.DataFrame]:
     """Every variant's TAS on one init's weights for one seed (each lookahead variant with the target
     recomputed and held), saved to `save_to` (atomically) as soon as it is measured."""
     parts = []
-    for variant in variants:
-        settings = STUDY_VARIANTS[variant]
+    for variant, settings in variants.items():
         modes = (("recomputed", True), ("held", False)) if settings["method"] == "lookahead" else (("-", True),)
         for mode, recompute in modes:
-            part = task_affinity(source, tasks, seed=seed, recompute_target=recompute, **settings, **kwargs)
+            part = task_affinity(source, tasks, seed=seed, recompute_target=recompute, **settings)
             part.insert(0, "init", init)
             part.insert(1, "seed", seed)
             part.insert(2, "variant", variant)
@@ -89,36 +106,20 @@ def _unit_threaded(unit: tuple) -> list[pd.DataFrame]:
     return _unit(*unit)
 
 
-def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
-                   overrides: list[str] | None = None, variants: Sequence[str] | None = None, jobs: int = 1,
-                   **kwargs) -> pd.DataFrame:
-    """TAS of every init of a study (its `task_inits`) for each seed, written to <root>/<scale>/<study>/tas.csv.
-
-    The random init (None) is a fresh init of the study's config with that seed (its phases replaced by one
-    joint phase, no parent run); the other inits are their runs' final checkpoints, found through the launch
-    plan (with the same key=value `overrides` as `dynamics run`). Every variant of STUDY_VARIANTS (or those
-    named) is measured; each lookahead variant twice, with the target recomputed at theta' and held at theta
-    (column `target_mode`). Long format: init, seed, variant, target_mode, source, target, method, value (the
-    mean over batches), std, n, then the settings (weights, step, lr, ...). `kwargs` (batches, device, ...)
-    apply to every variant (batches None or absent: the scale's STUDY_BATCHES, else 16); method / optimizer /
-    recompute_target are the variants' own. `jobs` > 1 measures the (seed, init) units in that many processes at
-    once (the result is the same: each unit's draws are seeded)."""
+def study_sources(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
+                  overrides: list[str] | None = None) -> list[tuple[str, int, str | Path | RunConfig]]:
+    """(init, seed, weights) of every init of a study (its `task_inits`) and seed. The random init (None) is a
+    fresh init of the study's config with that seed (its phases replaced by one joint phase, no parent run); the
+    other inits are their runs' final checkpoints, found through the launch plan (with the same key=value
+    `overrides` as `dynamics run`); an AffinityError names a run that is missing or unfinished."""
     if not study.tasks or not study.task_inits:
         raise AffinityError(f"study {study.name} declares no TAS tasks and inits (Study.tasks, Study.task_inits)")
-    names = list(STUDY_VARIANTS) if variants is None else list(variants)
-    unknown = [v for v in names if v not in STUDY_VARIANTS]
-    if unknown:
-        raise AffinityError(f"variant {unknown[0]!r} is not known; choose from {', '.join(STUDY_VARIANTS)}")
-    for key in ("method", "optimizer", "recompute_target"):
-        kwargs.pop(key, None)
-    if kwargs.get("batches") is None:
-        kwargs["batches"] = STUDY_BATCHES.get(scale, DEFAULT_BATCHES)
     runs = plan([study], scale, root, seeds, overrides=overrides)
     if not runs:
         raise AffinityError(f"study {study.name} has no runs at scale {scale}")
     by_key = {r.spec.key: r for r in runs}
     n_seeds = study.default_seeds(scale) if seeds is None else seeds
-    units = []  # one (seed, init) each: its weights, then every variant on them
+    sources: list[tuple[str, int, str | Path | RunConfig]] = []
     for seed in range(n_seeds):
         for init, key in study.task_inits.items():
             if key is None:
@@ -126,16 +127,41 @@ def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds
                 cfg.phases, cfg.init = [], InitConfig()
                 cfg.train.seed = seed
                 cfg.name = f"{study.name}/init={init}/s{seed}"
-                source: str | Path | RunConfig = cfg
-            else:
-                run = by_key.get(f"{key}/s{seed}")
-                if run is None:
-                    raise AffinityError(f"study {study.name}: init {init!r} names run {key!r}, not in the grid")
-                if run.state != "done":
-                    raise AffinityError(f"study {study.name}: init {init!r} (run {run.spec.key}) is {run.state} in "
-                                        f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
-                source = run.run_dir
-            units.append((init, seed, source, list(study.tasks), names, kwargs))
+                sources.append((init, seed, cfg))
+                continue
+            run = by_key.get(f"{key}/s{seed}")
+            if run is None:
+                raise AffinityError(f"study {study.name}: init {init!r} names run {key!r}, not in the grid")
+            if run.state != "done":
+                raise AffinityError(f"study {study.name}: init {init!r} (run {run.spec.key}) is {run.state} in "
+                                    f"{run.run_dir}; run `dynamics run {study.name} --scale {scale}` first")
+            sources.append((init, seed, run.run_dir))
+    return sources
+
+
+def study_affinity(study: Study, scale: str, root: str | Path = "results", seeds: int | None = None,
+                   overrides: list[str] | None = None, variants: Sequence[str] | None = None, jobs: int = 1,
+                   **kwargs) -> pd.DataFrame:
+    """TAS of every init of a study (`study_sources`) for each seed, written to <root>/<scale>/<study>/tas.csv.
+
+    Every variant of STUDY_VARIANTS (or those named) is measured; each lookahead variant twice, with the target
+    recomputed at theta' and held at theta (column `target_mode`; `-` for the others). Long format: init, seed,
+    variant, target_mode, source, target, method, value (the mean over batches or sample sets), std, n, then
+    the settings (weights, step, lr, samples, ...). `kwargs` (batches, samples, device, ...) apply to every
+    variant (`variant_settings`: batches None or absent, one sample set for the accumulated TAS and the scale's
+    STUDY_BATCHES, else 16, for the per-batch ones; samples None, the scale's N); method / optimizer /
+    recompute_target are the variants' own. `jobs` > 1 measures the (seed, init) units in that many processes at
+    once (the result is the same: each unit's draws are seeded)."""
+    names = list(STUDY_VARIANTS) if variants is None else list(variants)
+    unknown = [v for v in names if v not in STUDY_VARIANTS]
+    if unknown:
+        raise AffinityError(f"variant {unknown[0]!r} is not known; choose from {', '.join(STUDY_VARIANTS)}")
+    for key in ("method", "optimizer", "recompute_target"):
+        kwargs.pop(key, None)
+    settings = variant_settings(scale, names, **kwargs)
+    # one (seed, init) each: its weights, then every variant on them
+    units = [(init, seed, source, list(study.tasks), settings)
+             for init, seed, source in study_sources(study, scale, root, seeds, overrides)]
     units_dir = Path(root) / scale / study.name / UNITS_DIR
     saved: dict[int, list[pd.DataFrame]] = {}
     todo = []

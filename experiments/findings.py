@@ -18,10 +18,12 @@ from .errors import refuse
 METRIC_KINDS = ("distance", "tas", "epochs_to_target")
 COMPARISONS = ("trend", "better", "best", "threshold")
 DIRECTIONS = ("increasing", "decreasing")
-EXTRA_KINDS = ("cross-scale-gap", "cross-scale-match", "non-inferior", "stability")
-# per ExtraFinding kind: the params it reads (all required but stability's phase_tag)
+EXTRA_KINDS = ("cross-scale-gap", "cross-scale-match", "non-inferior", "stability", "trend")
+# per ExtraFinding kind: the params it reads (all required but those in OPTIONAL_PARAMS)
 EXTRA_PARAMS = {"cross-scale-gap": ("arms", "scales"), "cross-scale-match": ("treatment", "control", "margin"),
-                "non-inferior": ("treatment", "control", "margin"), "stability": ("phase_tag",)}
+                "non-inferior": ("treatment", "control", "margin"), "stability": ("phase_tag",),
+                "trend": ("direction", "control", "zero")}
+OPTIONAL_PARAMS = ("phase_tag", "zero")
 
 # The bars, one place: what a reference run must reach for a study's verdict to count (share of noise-to-data).
 V_BAR = 0.10  # 32-NFE v of a run trained on v (the v-only parents, vanilla's v): the calibrated vanilla is at 8%
@@ -137,6 +139,10 @@ class ExtraFinding:
                         most control's + margin x the noise-to-data ceiling;
     stability         - the spread (std) of the metric over evaluations after epoch <tag>, and blow-ups (state
                         diverged or a value above the ceiling), fall as the tag grows.
+    trend             - params: direction, control (the tag value the claim names), zero ({tag: value}, optional:
+                        runs that stand at tag = 0, e.g. a baseline shared with the study's finding): the metric
+                        moves in `direction` as the tag grows, tested as a Finding's trend (O1 contamination's
+                        normalised reading).
     `tag` names the study tag that holds the arms. `not_applicable`: scale -> why no verdict there."""
 
     name: str
@@ -157,13 +163,18 @@ class ExtraFinding:
         _text(study, f"{where}.tag", self.tag, empty_ok=self.kind == "non-inferior")
         _scales(study, f"{where}.not_applicable", self.not_applicable)
         allowed = EXTRA_PARAMS[self.kind]
-        required = [k for k in allowed if k != "phase_tag"]
+        required = [k for k in allowed if k not in OPTIONAL_PARAMS]
         if not isinstance(self.params, Mapping) or set(self.params) - set(allowed) or set(required) - set(self.params):
             raise refuse(study, f"{where}.params", self.params,
                          f"kind {self.kind} takes params {', '.join(allowed) or 'none'}")
         p = self.params
         if "margin" in p and not (_number(p["margin"]) and p["margin"] >= 0):
             raise refuse(study, f"{where}.params['margin']", p["margin"], "give a number >= 0")
+        if self.kind == "trend" and p["direction"] not in DIRECTIONS:
+            raise refuse(study, f"{where}.params['direction']", p["direction"],
+                         f"choose one of {', '.join(DIRECTIONS)}")
+        if "zero" in p and not (isinstance(p["zero"], Mapping) and p["zero"]):
+            raise refuse(study, f"{where}.params['zero']", p["zero"], "give the zero runs' tags, {tag: value}")
         if self.kind == "cross-scale-gap":
             if not isinstance(p["arms"], (tuple, list)) or len(p["arms"]) != 2:
                 raise refuse(study, f"{where}.params['arms']", p["arms"], "give two arms (a, b)")

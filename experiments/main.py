@@ -9,6 +9,7 @@ evaluation every convergence.EVERY epochs) at the scales where those studies run
 from __future__ import annotations
 
 from dynamics.config import METHODS
+from dynamics.config.presets import ABLATIONS
 
 from .convergence import EVERY
 from .registry import (
@@ -41,6 +42,9 @@ EXTRA = (
 )
 
 EPOCHS = 240
+# Labelled ablations trained beside the paper's methods (outside the finding: the table shows them): DTD with the
+# fixed pace against its counter rule, at cpu only (3 more runs of 2,400 steps)
+ABLATION_ARMS = {"cpu": ABLATIONS}
 
 
 @register(
@@ -59,7 +63,7 @@ def main(scale: str) -> list[RunSpec]:
     also = {"vanilla": ("v-quality", "convergence"), paper_method("v-quality"): ("v-quality",),
             paper_method("convergence"): ("convergence", "k-schedule")}
     runs = []
-    for method in METHODS:
+    for method in METHODS + ABLATION_ARMS.get(scale, ()):
         cfg = base_config(scale, method, steps_per_epoch=LONG_RUN_STEPS_PER_EPOCH)
         cfg.phases = [joint(EPOCHS)]
         studies = [s for s in also.get(method, ()) if scale not in get_study(s).unsupported]  # run at this scale

@@ -43,9 +43,10 @@ SCALE_SETTINGS: dict[str, ScaleSettings] = {
                          note=f"{CPU_STEPS_PER_EPOCH} steps (batch 1024) per epoch; warm-up 60 steps; EMA 0.99; "
                               "4096 eval samples, sliced W2 only"),
     # digits: 20 steps per epoch puts the 40-epoch v-only parent (800 steps) at 32-NFE v FD 5.9% of the noise
-    # distance, under its 10% bar
+    # distance, under its 10% bar; the preset clips gradients at 1 (u-only training from scratch: presets._digits)
     "digits": ScaleSettings(20, 3, warmup_steps=100, class_conditional=True,
-                            note="20 steps (batch 256) per epoch; warm-up 100 steps; EMA 0.99 from the preset"),
+                            note="20 steps (batch 256) per epoch; warm-up 100 steps; EMA 0.99 and gradient "
+                                 "clipping at 1 from the preset"),
     "b4": ScaleSettings(IMAGENET_EPOCH, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
     "m2": ScaleSettings(IMAGENET_EPOCH, 1, class_conditional=True, note="ImageNet epochs at batch 256"),
     "l2": ScaleSettings(IMAGENET_EPOCH, 1, class_conditional=True, note="ImageNet epochs at batch 256"),

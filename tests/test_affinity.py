@@ -1,9 +1,14 @@
-"""Task affinity (TAS): task strings, the lookahead against a hand computation, the frozen target, cosine, CLI."""
+"""Task affinity (TAS): task strings, the accumulated TAS against its definition, the lookahead against a hand
+computation, the frozen target, cosine, the CLI, O3's study TAS and the sample-size benchmark."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,8 +16,11 @@ import torch
 from dynamics import study_tas
 from dynamics.affinity import (
     METHODS,
+    SAMPLES_BY_SCALE,
     AffinityError,
     Method,
+    accumulated_gradients,
+    accumulated_matrix,
     affinity_matrix,
     cosine_matrix,
     lookahead_matrix,
@@ -28,6 +36,7 @@ from dynamics.meanflow.path import conditional_velocity, interpolate, per_sample
 from dynamics.meanflow.target import mean_flow_target
 from dynamics.meanflow.tasks import TaskSpec, dt_bin
 from dynamics.models.mlp import MLP
+from dynamics.rng import stream_seed
 from dynamics.study_tas import DEFAULT_VARIANT, STUDY_VARIANTS, study_affinity
 from dynamics.train import train
 from experiments.registry import get_study
@@ -62,6 +71,57 @@ def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tas") / "run"
     train(_smoke("train.epochs=2"), run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def o3_store(tmp_path_factory):
+    """O3's smoke runs (its two warm-ups, 40 steps each) in a store; the random init needs no run."""
+    root = tmp_path_factory.mktemp("o3")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    launch([get_study("o3-task-affinity")], "smoke", executor="debug", root=root, progress=False, say=lambda s: None)
+    torch.set_num_threads(threads)
+    return root
+
+
+def _flat_grad(loss, params):
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
+def test_accumulated_tas_is_the_cosine_of_the_full_gradients():
+    """C[i, j] = cos(G_i, G_j), G_i = grad of task i's mean loss over all N rows at once, every task with the
+    same noise and its (t, r) from its own sampler on one generator state; chunks of 8 give the same numbers."""
+    cfg = _smoke("objective.beta=progressive")
+    tasks = tasks_from_specs(cfg, ["v", "u[0.1,0.3]", "u[0.7,0.9]", "both"])
+    model, x, seed = _tiny(), _batch(44), 321
+    params = list(model.parameters())
+    e = torch.randn(x.shape, generator=torch.Generator().manual_seed(stream_seed(seed, "tas", 1)))  # shared
+    grads = []
+    for task in tasks:
+        fn = task.loss_fn
+        n_v = round(len(x) * fn.ratio_r_eq_t)
+        t, r = fn.sampler.sample(len(x), n_v, torch.Generator().manual_seed(stream_seed(seed, "tas", 0)), x.device)
+        grads.append(_flat_grad(fn.loss(model, x, e, t, r, None, n_v=n_v).loss, params).double())
+    g = torch.stack(grads)
+    expected = (g @ g.T) / torch.outer(g.norm(dim=1), g.norm(dim=1))
+    whole = accumulated_matrix(model, tasks, x, None, seed)
+    chunked = accumulated_matrix(model, tasks, x, None, seed, chunk=8)  # 44 = 5 x 8 + 4; `both` splits v | u
+    assert torch.allclose(whole, expected, rtol=0, atol=1e-6) and torch.allclose(chunked, expected, rtol=0, atol=1e-6)
+    assert torch.allclose(accumulated_gradients(model, tasks, x, None, seed, chunk=8).double(), g, rtol=1e-4,
+                          atol=1e-7)
+    assert not torch.allclose(whole, torch.ones_like(whole), atol=1e-3)  # the tasks do differ
+    assert all(p.grad is None for p in params)  # nothing left behind
+
+
+def test_accumulated_tas_of_identical_tasks_is_one():
+    """Two tasks with one sampler get the same draws whatever task sits between them: identical gradients."""
+    cfg = _smoke()
+    same = dt_bin(0.3, 0.5)
+    tasks = tasks_from_specs(cfg, [TaskSpec("a", "u", same), TaskSpec("v", "v"), TaskSpec("b", "u", same)])
+    g = accumulated_gradients(_tiny(), tasks, _batch(40), None, 9, chunk=16)
+    assert torch.equal(g[0], g[2]) and not torch.equal(g[0], g[1])
+    c = accumulated_matrix(_tiny(), tasks, _batch(40), None, 9, chunk=16)
+    assert c[0, 2].item() == pytest.approx(1.0, abs=1e-12) and torch.equal(c[0, 2], c[0, 0])
 
 
 def test_task_strings():
@@ -190,7 +250,7 @@ def test_cosine_of_a_task_with_itself_is_one():
 
 
 def test_task_affinity_frame_deterministic_and_train_window(smoke_run):
-    kw = dict(batches=2, batch_size=64)
+    kw = dict(method="lookahead", batches=2, batch_size=64)
     a = task_affinity(smoke_run, "v,u[0.1,0.3]", **kw)
     b = task_affinity(smoke_run, "v,u[0.1,0.3]", **kw)
     pd.testing.assert_frame_equal(a, b)
@@ -201,6 +261,8 @@ def test_task_affinity_frame_deterministic_and_train_window(smoke_run):
     assert fresh.attrs["step"] == 0 and fresh["mean"].notna().all()
     with pytest.raises(AffinityError, match="past the run's 20 steps"):
         task_affinity(smoke_run, "v", train_window=5, batches=3)
+    sets = task_affinity(smoke_run, "v,u[0.1,0.3]", batches=3, samples=40, batch_size=16)  # 3 disjoint sample sets
+    assert sets.attrs["method"] == "accumulated" and (sets["n"] == 3).all() and (sets["std"] > 1e-9).sum() == 2
     with pytest.raises(AffinityError, match="method='dot'"):
         task_affinity(smoke_run, "v", method="dot")
 
@@ -224,7 +286,7 @@ def test_a_method_is_one_entry_of_the_registry(monkeypatch):
 def test_cli_run_dir_preset_and_bad_task(smoke_run, tmp_path, capsys):
     out = tmp_path / "tas.csv"
     rc = cli_main(["tas", str(smoke_run), "--tasks", "v,u[0.1,0.3],u[0.7,0.9]", "--batches", "2",
-                   "--batch-size", "64", "--out", str(out), "--quiet"])
+                   "--batch-size", "64", "--method", "lookahead", "--out", str(out), "--quiet"])
     assert rc == 0
     frame = pd.read_csv(out)
     assert len(frame) == 9 and {"source", "target", "method", "mean", "std", "n", "lr"} <= set(frame.columns)
@@ -232,27 +294,41 @@ def test_cli_run_dir_preset_and_bad_task(smoke_run, tmp_path, capsys):
     rc = cli_main(["tas", "--preset", "smoke", "train.seed=3", "--tasks", "v,u", "--method", "cosine",
                    "--batches", "1", "--quiet"])
     assert rc == 0
+    # the default is the authors' TAS, over the scale's N (or --samples) in chunks of --batch-size
+    rc = cli_main(["tas", "--preset", "smoke", "--tasks", "v,u", "--samples", "48", "--batch-size", "16",
+                   "--out", str(out), "--quiet"])
+    frame = pd.read_csv(out)
+    assert rc == 0 and set(frame["method"]) == {"accumulated"} and set(frame["samples"]) == {48}
+    assert set(frame["chunk"]) == {16} and set(frame["n"]) == {1}
+    assert task_affinity(_smoke(), "v", batch_size=64).attrs["samples"] == SAMPLES_BY_SCALE["smoke"]
     assert cli_main(["tas", str(smoke_run), "--tasks", "v,u[0.9,0.1]"]) == 2
     assert "task 'u[0.9,0.1]': the bin needs 0 <= a <= b <= 1" in capsys.readouterr().err
 
 
-def test_cli_study_writes_tas_csv(tmp_path, capsys, monkeypatch):
-    args = ["tas", "--study", "o3-task-affinity", "--scale", "smoke", "--results", str(tmp_path), "--batches", "1",
-            "--batch-size", "32", "--quiet"]
+def test_cli_study_needs_the_runs(tmp_path, capsys):
+    args = ["tas", "--study", "o3-task-affinity", "--scale", "smoke", "--results", str(tmp_path), "--quiet"]
     assert cli_main(args) == 2
     assert "run `dynamics run o3-task-affinity --scale smoke` first" in capsys.readouterr().err
-    launch([get_study("o3-task-affinity")], "smoke", executor="debug", root=tmp_path, progress=False)
+
+
+def test_cli_study_writes_tas_csv(o3_store, capsys, monkeypatch):
+    tmp_path = o3_store
+    args = ["tas", "--study", "o3-task-affinity", "--scale", "smoke", "--results", str(tmp_path), "--batches", "1",
+            "--batch-size", "32", "--samples", "64", "--quiet"]
     assert cli_main(args) == 0
     frame = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
     assert {"init", "seed", "source", "target", "method", "value"} <= set(frame.columns)
-    # 3 inits x (3 lookahead variants x {recomputed, held} target + cosine) x 25 pairs
-    assert list(dict.fromkeys(frame["init"])) == ["random", "v-only", "u-small"] and len(frame) == 3 * 7 * 25
+    # 3 inits x (accumulated TAS + 3 lookahead variants x {recomputed, held} target + cosine) x 25 pairs
+    assert list(dict.fromkeys(frame["init"])) == ["random", "v-only", "u-small"] and len(frame) == 3 * 8 * 25
     assert set(frame["variant"]) == set(STUDY_VARIANTS)
+    default = frame[frame["variant"] == DEFAULT_VARIANT]
+    assert set(default["method"]) == {"accumulated"} and set(default["samples"]) == {64}
+    assert set(default["target_mode"]) == {"-"} and (default["value"].abs() <= 1 + 1e-9).all()
     held = frame[frame["target_mode"] == "held"]
     assert set(held["variant"]) == {v for v, s in STUDY_VARIANTS.items() if s["method"] == "lookahead"}
     assert (frame.groupby("init")["step"].first() > 0).to_dict() == {"random": False, "u-small": True, "v-only": True}
     # the units in two processes (as `dynamics reproduce` runs them) give the same table
-    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, jobs=2)
+    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, samples=64, jobs=2)
     parallel = pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv")
     pd.testing.assert_frame_equal(parallel, frame, check_exact=False, rtol=1e-5)  # one thread per worker
     # every (init, seed) unit was saved as it finished: a repeated call measures nothing and writes the same table,
@@ -262,20 +338,30 @@ def test_cli_study_writes_tas_csv(tmp_path, capsys, monkeypatch):
     measured = []
     real = study_tas.task_affinity
     monkeypatch.setattr(study_tas, "task_affinity", lambda *a, **k: measured.append(1) or real(*a, **k))
-    again = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32)
+    again = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, samples=64)
     assert measured == [] and not again.empty
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv"), parallel)
     lost = [u for u in units if u.name.startswith("v-only-s0-")]  # that unit under both settings
     for u in lost:
         u.unlink()
-    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32)
-    assert len(measured) == 7  # that unit's 3 lookahead variants x 2 targets + cosine
+    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, samples=64)
+    assert len(measured) == 8  # that unit's accumulated TAS, 3 lookahead variants x 2 targets, cosine
     assert sum(u.exists() for u in lost) == 1  # saved again under the call's settings
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "smoke" / "o3-task-affinity" / "tas.csv"), parallel)
-    # without --batches, the scale's STUDY_BATCHES (digits: 8), else the library's 16
+    # a unit's key names every variant's settings: another N is another unit
+    n_units = len(list(units[0].parent.glob("*.pkl")))
+    study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batches=1, batch_size=32, samples=32,
+                   variants=[DEFAULT_VARIANT])
+    assert len(list(units[0].parent.glob("*.pkl"))) == n_units + 3
+    # without --batches, the scale's STUDY_BATCHES (digits: 8), else the library's 16, for a per-batch variant;
+    # one sample set of the scale's N for the accumulated TAS
     assert set(frame["n"]) == {1}
     monkeypatch.setitem(study_tas.STUDY_BATCHES, "smoke", 2)
-    scaled = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batch_size=32, variants=[DEFAULT_VARIANT])
+    settings = study_tas.variant_settings("smoke", list(STUDY_VARIANTS))
+    assert settings[DEFAULT_VARIANT]["batches"] == 1
+    assert settings[DEFAULT_VARIANT]["samples"] == SAMPLES_BY_SCALE["smoke"]
+    scaled = study_affinity(get_study("o3-task-affinity"), "smoke", tmp_path, batch_size=32,
+                            variants=["b: grad step of equal length"])
     assert set(scaled["n"]) == {2} and study_tas.STUDY_BATCHES["digits"] == 8
     # key=value overrides as for `dynamics run`: a grid with overrides has other run directories
     assert cli_main(args + ["train.lr=0.002"]) == 2
@@ -339,3 +425,47 @@ def test_lookahead_on_a_model_linear_in_its_parameters(optimizer):
             expected = 1 - loss(j, W_i) / loss(j, W)
             assert z[i, j].item() == pytest.approx(expected, rel=1e-4, abs=1e-7), (i, j)
         assert z[i, i] > 0  # a small descent step on a quadratic lowers its own loss
+
+
+def _benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tas_sample_size.py"
+    spec = importlib.util.spec_from_file_location("tas_sample_size", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("tas_sample_size", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_size_summary_by_hand():
+    """Spread = the largest std over sets of an off-diagonal entry; the ranking is the inits' order by O3's
+    statistic averaged over seeds, per set; the chosen N is the smallest with both."""
+    bench = _benchmark()
+    names = ["v", "u[0.1,0.3]", "u[0.5,0.7]", "u[0.7,0.9]"]
+
+    def matrices(level: float, noise: float, sets: int = 5) -> np.ndarray:
+        m = np.full((sets, 4, 4), level)
+        m[:, 0, 1] = m[:, 1, 0] = level + noise * np.arange(sets)  # not an O3 pair: spread only
+        return m
+
+    values = {}
+    for n, noise in ((16, 0.05), (64, 0.01)):  # std of 0, 1, .., 4 times noise: 0.079 and 0.016
+        for seed in (0, 1):
+            values[n, "random", seed] = matrices(0.1, noise)
+            values[n, "u-small", seed] = matrices(0.5, noise)
+    values[16, "u-small", 1][2, 0, 3] = -4.0  # set 2's seed mean puts random first at N = 16
+    table = bench.summarise(values, names)
+    assert table["max_std"].tolist() == pytest.approx([np.std([0.5, 0.5, -4, 0.5, 0.5], ddof=1),
+                                                       0.01 * np.std(range(5), ddof=1)])
+    assert table["agree"].tolist() == [False, True] and table["seeds_agree"].tolist() == ["1/2", "2/2"]
+    assert bench.chosen_n(table) == 64 and bench.chosen_n(table[table["N"] == 16]) is None
+
+
+def test_sample_size_benchmark_on_o3_smoke_store(o3_store, capsys):
+    bench = _benchmark()
+    assert bench.main(["--scale", "smoke", "--results", str(o3_store), "--ns", "16,32", "--sets", "3",
+                       "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen N:" in out and " > " in out  # a ranking of the inits
+    values, names = bench.measure("smoke", o3_store, [16], sets=3, batch_size=16, say=lambda s: None)
+    assert sorted(values) == [(16, init, 0) for init in ("random", "u-small", "v-only")]
+    assert all(v.shape == (3, 5, 5) for v in values.values())

@@ -15,6 +15,7 @@ from dynamics.config import (
     preset_names,
     to_dataclass,
 )
+from dynamics.curriculum import DTDSchedule
 
 
 @pytest.mark.parametrize("d, message", [
@@ -89,3 +90,26 @@ def test_every_preset_round_trips_through_its_dict(name):
     cfg = preset(name)
     again = RunConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.to_dict() == cfg.to_dict()
+
+
+def test_a_stored_config_of_dtd_patience_pacing_still_loads():
+    """config.json files written before DTD's counter rule (mode=patience, a window of patience x T steps) load as
+    the counter rule with tau = patience x T; the current keys round-trip unchanged."""
+    old = preset("cpu-dtd").to_dict()
+    old["objective"]["dtd"] = {"clusters": 20, "mode": "patience", "pace_until": 0.5, "patience": 5e-4}
+    cfg = RunConfig.from_dict(old).validate()
+    assert (cfg.objective.dtd.mode, cfg.objective.dtd.tau_share) == ("counter", 5e-4)
+    paced = RunConfig.from_dict({"objective": {"dtd": {"mode": "pace", "patience": 5e-4}}})
+    assert (paced.objective.dtd.mode, paced.objective.dtd.tau_share) == ("pace", 5e-4)
+    assert RunConfig.from_dict(preset("b4-dtd").to_dict()) == preset("b4-dtd")
+    with pytest.raises(ConfigError, match="objective.dtd.tau=50 is ignored while objective.dtd.tau_share"):
+        apply_overrides(preset("cpu-dtd"), ["objective.dtd.tau=50"])
+    own_tau = apply_overrides(preset("cpu-dtd"), ["objective.dtd.tau=50", "objective.dtd.tau_share=0"])
+    assert DTDSchedule(own_tau.objective.dtd, 2_400).tau == 50
+
+
+def test_paper_presets_train_in_float32_and_digits_clips_gradients():
+    for scale in ("b4", "m2", "l2", "xl2"):
+        cfg = preset(scale)
+        assert (cfg.train.precision, cfg.objective.adaptive_c) == ("fp32", 1e-3)
+    assert preset("digits").train.grad_clip == 1.0 and preset("cpu").train.grad_clip == 0.0

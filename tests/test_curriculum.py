@@ -44,6 +44,34 @@ def test_minsnr_matches_formula_and_has_unit_mean():
     assert abs(w.mean().item() - 1.0) < 4 * w.std().item() / len(w) ** 0.5
 
 
+@pytest.mark.parametrize("form", ["velocity", "noise", "vpred"])
+def test_minsnr_forms_match_their_definitions(form):
+    """Each form against its definition at a few t (SNR = ((1 - t) / t)^2), and E_t[alpha] = 1 under the sampler."""
+    sampler = build_sampler(SamplerConfig())
+    alpha = MinSNRWeight(sampler, gamma=5.0, form=form)
+    t = torch.tensor([0.05, 0.2, 1 / (1 + 5**0.5), 0.5, 0.9, 0.999], dtype=torch.float64)
+    snr = ((1 - t) / t) ** 2
+    clipped = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
+    expected = {"velocity": clipped * t**2, "noise": clipped / snr, "vpred": clipped / (snr + 1)}[form]
+    assert torch.allclose(alpha.unnormalised(t), expected, rtol=1e-12)
+    assert torch.allclose(alpha(t), expected / alpha.norm, rtol=1e-12)
+    draws = sampler.sample_v(400_000, torch.Generator().manual_seed(1), CPU).double()
+    w = alpha(draws)
+    assert abs(w.mean().item() - 1.0) < 4 * w.std().item() / len(w) ** 0.5
+
+
+def test_minsnr_forms_at_the_ends_and_the_default():
+    """At t = 1 (where 1-NFE sampling starts) only the noise form keeps weight; velocity stays the default."""
+    sampler = build_sampler(SamplerConfig())
+    ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    assert MinSNRWeight(sampler, 5.0, "velocity").unnormalised(ends).tolist() == [0.0, 0.0]
+    assert MinSNRWeight(sampler, 5.0, "noise").unnormalised(ends).tolist() == [0.0, 1.0]
+    assert MinSNRWeight(sampler, 5.0, "vpred").unnormalised(ends).tolist() == [0.0, 0.0]
+    assert preset("b4-minsnr").objective.minsnr_form == "velocity"
+    with pytest.raises(ValueError, match="minsnr form"):
+        MinSNRWeight(sampler, 5.0, "x0")
+
+
 # -- progressive u weighting ---------------------------------------------------------------------------
 
 def test_beta_endpoints_and_unit_initial_mean():
@@ -90,28 +118,54 @@ def test_dtd_pace_opens_clusters_and_draws_follow():
         assert torch.allclose(shares, expected, atol=0.015), (stage, shares)
 
 
-def test_dtd_patience_advances_on_plateau_only():
-    """Issue 8.6: DTD's adaptive pacing with the patience a fraction of the run (1e-3 of 10,000 steps = 10)."""
-    assert (DTDConfig().clusters, DTDConfig().mode) == (20, "patience")  # the DTD paper's N and pacing
-    dtd = DTDSchedule(DTDConfig(clusters=3, mode="patience", patience=1e-3), total_steps=10_000)
-    assert dtd.window == 10
-    assert DTDSchedule(DTDConfig(patience=1e-3), total_steps=100_000).window == 100  # scales with the run
-    step = 0
-    for value in [5.0] * 10 + [4.0] * 10:  # two improving windows
-        step += 1
-        dtd.update(step, value)
-    assert dtd.stage == 0
-    for _ in range(9):  # not yet a full window without improvement
-        step += 1
-        dtd.update(step, 4.5)
-    assert dtd.stage == 0
-    step += 1
-    dtd.update(step, 4.5)  # a whole patience window without improvement -> the next cluster opens
-    assert dtd.stage == 1 and dtd.best == float("inf")
-    for value in [4.5] * 10 + [4.6] * 10:  # the best resets per stage; then a plateau opens the last cluster
-        step += 1
-        dtd.update(step, value)
-    assert dtd.stage == 2 and dtd.finished
+# 30 scripted v errors and, by hand, DTD's stage after each (tau = 3, 5 clusters): a new best resets the counter,
+# a tie is not a new best, the first error of a stage is always its best, a nan step (no v rows) is skipped, and
+# at stage 4 (the last) nothing moves.
+SCRIPT = [5.0, 4.0, 4.5, 4.2, 3.9, 4.0, 4.0, 3.9,  # best 3.9 at step 5; steps 6-8 are no new best -> stage 1
+          6.0, 6.5, float("nan"), 5.5, 5.6, 5.7, 5.8,  # 6.0 is stage 1's first best; 5.5 a new one; 3 more -> 2
+          3.0, 2.9, 2.8, 2.7, 2.75, 2.8, 2.6, 2.7, 2.7, 2.7,  # a new best at step 22 resets; 23-25 -> stage 3
+          9.0, 9.0, 9.0, 9.0,  # three ties -> stage 4, the last
+          1.0]
+STAGES = [0] * 7 + [1] * 7 + [2] * 10 + [3] * 4 + [4] * 2
+
+
+def test_dtd_counter_rule_on_a_scripted_loss_curve():
+    """DTD's Algorithm 1: the stage at every step of a scripted v-error curve, computed by hand above."""
+    assert (DTDConfig().clusters, DTDConfig().mode, DTDConfig().tau) == (20, "counter", 200)  # the DTD paper's
+    dtd = DTDSchedule(DTDConfig(clusters=5, tau=3), total_steps=1000)
+    stages = []
+    for step, loss in enumerate(SCRIPT, start=1):
+        dtd.update(step, loss)
+        stages.append(dtd.stage)
+    assert stages == STAGES and dtd.finished
+
+
+def test_dtd_counter_resumes_mid_pacing():
+    """state_dict / load_state_dict mid-pacing (mid-counter, after a nan step, right after a stage opened):
+    the resumed schedule walks the same stages as the uninterrupted one."""
+    for cut in (6, 10, 11, 15, 24):
+        first = DTDSchedule(DTDConfig(clusters=5, tau=3), total_steps=1000)
+        for step, loss in enumerate(SCRIPT[:cut], start=1):
+            first.update(step, loss)
+        resumed = DTDSchedule(DTDConfig(clusters=5, tau=3), total_steps=1000)
+        resumed.load_state_dict(first.state_dict())
+        stages = []
+        for step, loss in enumerate(SCRIPT[cut:], start=cut + 1):
+            resumed.update(step, loss)
+            stages.append(resumed.stage)
+        assert stages == STAGES[cut:], cut
+
+
+def test_dtd_tau_is_iterations_at_paper_scale_and_a_share_of_the_run_at_small_scales():
+    assert DTDSchedule(preset("b4-dtd").objective.dtd, 1_200_960).tau == 200
+    small = preset("cpu-dtd").objective.dtd
+    # 20 x tau spans the share of the run that 20 x 200 spans of B/4's 1,200,960 iterations (0.33%)
+    assert small.tau_share == pytest.approx(200 / 1_200_960, rel=0.01)
+    assert DTDSchedule(small, 1_200_960).tau == 200 and DTDSchedule(small, 60_000).tau == 10
+    assert DTDSchedule(small, 2_400).tau == 1  # never below one iteration (every cpu and digits run)
+    assert preset("digits-dtd").objective.dtd.tau_share == small.tau_share
+    pace = preset("cpu-dtd-pace").objective
+    assert (pace.v_sampling, pace.dtd.mode, pace.dtd.pace_until) == ("dtd", "pace", 0.5)
 
 
 def test_dtd_stage_survives_resume(tmp_path, kill_after):
@@ -127,6 +181,24 @@ def test_dtd_stage_survives_resume(tmp_path, kill_after):
     assert resumed.v_time.stage == stage_at_kill and resumed.step == 10
     resumed.run()
     assert resumed.v_time.stage == 4
+
+
+def test_dtd_counter_survives_a_kill(tmp_path, kill_after):
+    """The counter rule through the trainer: killed at step 10 and resumed, the run logs the same stages and
+    ends in the same state as the uninterrupted run."""
+    cfg = _smoke("objective.v_sampling=dtd", "objective.dtd.clusters=5", "objective.dtd.tau_share=0",
+                 "objective.dtd.tau=2", "train.epochs=4", "train.ckpt_every=10")
+    whole = Trainer(cfg, tmp_path / "whole")
+    whole.run()
+    first = Trainer(cfg, tmp_path / "run")
+    kill_after(first, 10)
+    resumed = Trainer(cfg, tmp_path / "run")
+    resumed.restore()
+    assert resumed.v_time.state_dict() == first.v_time.state_dict() and resumed.step == 10
+    resumed.run()
+    assert resumed.v_time.state_dict() == whole.v_time.state_dict()
+    stages = [[r["dtd_stage"] for r in read_jsonl(tmp_path / d / "metrics.jsonl")] for d in ("whole", "run")]
+    assert stages[0] == stages[1] and stages[0][-1] > 0
 
 
 # -- phases --------------------------------------------------------------------------------------------
@@ -260,7 +332,7 @@ def test_all_components_off_is_the_vanilla_meanflow_loss():
     assert not torch.allclose(weighted.loss, ours.loss)
 
 
-@pytest.mark.parametrize("method", ["vanilla", "minsnr", "dtd", "lu", "minsnr-lu", "dtd-lu"])
+@pytest.mark.parametrize("method", ["vanilla", "minsnr", "dtd", "lu", "minsnr-lu", "dtd-lu", "dtd-pace"])
 def test_method_presets_resolve(method):
     for scale in ("smoke", "cpu", "digits", "b4", "l2", "xl2"):
         cfg = preset(f"{scale}-{method}")

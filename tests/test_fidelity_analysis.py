@@ -1,7 +1,11 @@
 """Analysis of the fidelity findings: the interpolated convergence speed-up, O3's verdict under each TAS variant,
-and the further findings (non-inferiority, stability, cross-scale)."""
+the further findings (non-inferiority, stability, cross-scale) and both readings of O1's contamination."""
 
 from __future__ import annotations
+
+import json
+import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,6 +14,8 @@ import pytest
 from dynamics.analysis.analyze import study_analysis
 from dynamics.analysis.convergence import crossing_epoch
 from dynamics.analysis.extras import extra_verdict
+from dynamics.analysis.noise import analytic_ratio
+from dynamics.analysis.report import write_report
 from dynamics.analysis.tas import TAS_DEFAULT_VARIANT, tas_verdict
 from experiments.registry import get_study
 
@@ -113,3 +119,82 @@ def test_extra_findings_verdicts():
     assert extra_verdict(main, gap, "b4", pd.DataFrame(), pd.DataFrame(), "fid", by_scale).verdict == "holds (1 seed)"
     assert extra_verdict(main, match, "l2", pd.DataFrame(), pd.DataFrame(), "fid", by_scale).verdict == \
         "holds (1 seed)"
+
+
+# -- O1 contamination: both readings judged, each with its noise-to-signal ratio ------------------------------
+
+
+def _contamination_store(root, slope_literal: float, slope_normalised: float) -> list:
+    """O1 contamination's cpu runs (the grid's configs and tags, 2 seeds) with a final 1-NFE value of
+    0.1 + slope x k per reading plus a seed offset and a small jitter, and metrics.jsonl rows logging
+    noise_ratio = the definition x (0.9, 1.0, 1.2) (mean: 1.0333 x the definition)."""
+    study = get_study("o1-contaminated-v")
+    runs = study.runs("cpu", seeds=2)
+    for i, run in enumerate(runs):
+        d = root / "cpu" / study.name / run.hash
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"study": study.name, "key": run.key, "hash": run.hash,
+                                                "tags": run.tags}))
+        (d / "config.json").write_text(json.dumps(run.config.to_dict()))
+        (d / "status.json").write_text(json.dumps({"state": "done", "step": 10, "total_steps": 10}))
+        literal = run.tags["form"] == "literal"
+        k = run.tags["k"] if literal else run.tags["k_normalised"]
+        value = 0.1 + (slope_literal if literal else slope_normalised) * k + 0.01 * run.seed + 0.002 * (i % 3)
+        (d / "eval.jsonl").write_text(json.dumps({"step": 10, "epoch": 80.0, "metric": "sw2", "sampler": "u",
+                                                  "nfe": 1, "value": value, "floor": 0.02, "ceiling": 1.0}) + "\n")
+        c = run.config.objective.contamination_k
+        ratio = c * math.sqrt(run.tags["dim"]) if literal else c
+        rows = [{"step": s, "loss": 1.0} | ({"noise_ratio": ratio * f} if c else {})
+                for s, f in ((1, 0.9), (2, 1.0), (3, 1.2))]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return runs
+
+
+def test_both_contamination_readings_are_judged_with_their_noise_ratio(tmp_path, monkeypatch):
+    """At cpu both readings are trained and judged: the literal one (the finding, tag k) and the normalised one
+    (the further finding, tag k_normalised, whose k = 0 is the uncontaminated run), each verdict row carrying its
+    ratio at k = 0.03: measured (the runs' mean logged noise_ratio) and by definition (k' sqrt(D) with
+    k' = 0.03 sqrt(4096 / 2) on 2-D data, i.e. 0.03 x 64; k for the normalised noise)."""
+    monkeypatch.setattr("dynamics.analysis.analyze.study_figure", lambda *a, **k: None)  # seconds of matplotlib
+    study = get_study("o1-contaminated-v")
+    runs = _contamination_store(tmp_path, slope_literal=1.0, slope_normalised=0.0)
+    normalised = [r for r in runs if r.tags["form"] == "normalised"]
+    assert sorted({r.tags["k_normalised"] for r in normalised}) == [0.03, 0.3] and len(normalised) == 4
+    write_report(tmp_path, "cpu", [study])
+    verdicts = pd.read_csv(tmp_path / "cpu" / "verdicts.csv").set_index("finding")
+    literal, norm = verdicts.loc[study.finding.claim], verdicts.loc[study.extra_findings[0].claim]
+    assert literal["verdict"] == "holds" and literal["regime"] == "pass"
+    assert norm["verdict"] in ("inconclusive", "does not hold") and norm["regime"] == "pass"
+    assert literal["noise_ratio_analytic"] == pytest.approx(0.03 * math.sqrt(4096 / 2) * math.sqrt(2))
+    assert literal["noise_ratio_analytic"] == pytest.approx(0.03 * 64)
+    assert literal["noise_ratio"] == pytest.approx(0.03 * 64 * (0.9 + 1.0 + 1.2) / 3)
+    assert norm["noise_ratio_analytic"] == pytest.approx(0.03)
+    assert norm["noise_ratio"] == pytest.approx(0.03 * (0.9 + 1.0 + 1.2) / 3)
+    assert "k_normalised = 0.3: 0.31 (definition 0.3)" in norm["detail"]
+    table = pd.read_csv(tmp_path / "cpu" / "tables" / f"{study.name}.csv")
+    for _, row in table.iterrows():  # every arm: its ratio by definition, and the logged one
+        k = row["k"] if row["form"] == "literal" else row["k_normalised"]
+        assert row["noise_ratio_analytic"] == pytest.approx(64 * k if row["form"] == "literal" else k)
+        assert row["noise_ratio"] == pytest.approx(row["noise_ratio_analytic"] * 3.1 / 3)
+    report = (tmp_path / "cpu" / "report.md").read_text()
+    assert "(normalised reading); noise / signal at the claim's k: 0.031 measured, 0.03 by definition" in report
+
+    # the other way round: a normalised effect with no literal one; without logged ratios (an old store) the
+    # definition is still shown
+    shutil.rmtree(tmp_path / "cpu")
+    _contamination_store(tmp_path, slope_literal=0.0, slope_normalised=1.0)
+    for m in (tmp_path / "cpu").rglob("metrics.jsonl"):
+        m.unlink()
+    write_report(tmp_path, "cpu", [study])
+    verdicts = pd.read_csv(tmp_path / "cpu" / "verdicts.csv").set_index("finding")
+    literal, norm = verdicts.loc[study.finding.claim], verdicts.loc[study.extra_findings[0].claim]
+    assert norm["verdict"] == "holds" and literal["verdict"] in ("inconclusive", "does not hold")
+    assert math.isnan(literal["noise_ratio"]) and literal["noise_ratio_analytic"] == pytest.approx(1.92)
+
+
+def test_noise_ratio_by_definition():
+    """k sqrt(D) for the literal noise, k for the normalised one, 0 without noise."""
+    assert analytic_ratio(0.03, "literal", 4096) == pytest.approx(1.92)
+    assert analytic_ratio(0.24, "literal", 64) == pytest.approx(1.92)
+    assert analytic_ratio(0.3, "normalised", 2) == 0.3
+    assert analytic_ratio(0.0, "literal", 2) == 0.0

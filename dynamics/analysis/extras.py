@@ -3,6 +3,9 @@
 - non-inferior: the treatment at most control + margin x ceiling, paired by seed.
 - stability: the metric's spread over a phase shrinks as the tag grows (a per-seed slope).
 - cross-scale-gap / cross-scale-match: across the stores of several scales (one seed each at paper scale).
+- trend: the metric moves in a direction as a tag grows, tested as a study's own trend finding (seed-blocked
+  slope); `zero` names runs that stand at tag = 0 (O1 contamination's normalised reading starts from the
+  uncontaminated run of the literal grid). On contaminated runs the verdict carries the noise-to-signal ratio.
 Every verdict goes through `verdicts.judge`, as the study's own finding does.
 """
 
@@ -13,7 +16,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .verdicts import Part, Verdict, judge, t_interval
+from .noise import with_noise_ratio
+from .regime import mark_blowups
+from .verdicts import Part, Verdict, judge, seed_blocked_trend, t_interval
 
 
 def _verdict(study, extra, parts: list[Part], detail: str) -> Verdict:
@@ -21,11 +26,15 @@ def _verdict(study, extra, parts: list[Part], detail: str) -> Verdict:
 
 
 def _match(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    """The rows whose tags have the given values (numbers compared as numbers: 0 matches 0.0)."""
     out = frame
     for key, value in where.items():
         if key not in out.columns:
             return out.iloc[0:0]
-        out = out[out[key].astype(str) == str(value)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out = out[np.isclose(pd.to_numeric(out[key], errors="coerce"), float(value))]
+        else:
+            out = out[out[key].astype(str) == str(value)]
     return out
 
 
@@ -71,6 +80,25 @@ def _stability(study, extra, evals: pd.DataFrame, metric_name: str) -> Verdict:
     return _verdict(study, extra, [Part(mean, low, high, len(slopes))], detail)
 
 
+def _trend(study, extra, scale: str, values: pd.DataFrame) -> Verdict:
+    """The slope of the metric against the tag with one intercept per seed (blow-ups counted as the ceiling), its
+    sign by params['direction']; runs matching params['zero'] enter at tag = 0."""
+    p, tag = extra.params, extra.tag
+    if values.empty:
+        return _verdict(study, extra, [], "no finished evaluations of the metric")
+    values = values.copy()
+    if tag not in values.columns:
+        values[tag] = math.nan
+    if p.get("zero"):
+        values.loc[_match(values, p["zero"]).index, tag] = 0.0
+    values = values.dropna(subset=[tag])
+    if study.metric.lower_is_better:
+        values = mark_blowups(values, compared=tag)
+    tags = sorted({k for spec in study.runs(scale, 1) for k in spec.tags if k != "seed"} | {tag, "seed"})
+    parts, detail = seed_blocked_trend(values, tag, p["direction"], tags)
+    return with_noise_ratio(_verdict(study, extra, parts, detail), values, tag, p.get("control"))
+
+
 def _arm_value(values: pd.DataFrame, tag: str, arm: str) -> pd.Series:
     return values[values[tag].astype(str) == arm].groupby("seed")["value"].mean() if tag in values else pd.Series()
 
@@ -113,4 +141,6 @@ def extra_verdict(study, extra, scale: str, values: pd.DataFrame, evals: pd.Data
         return _non_inferior(study, extra, values)
     if extra.kind == "stability":
         return _stability(study, extra, evals, metric_name)
+    if extra.kind == "trend":
+        return _trend(study, extra, scale, values)
     return _cross_scale(study, extra, values_by_scale or {})

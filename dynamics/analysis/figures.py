@@ -130,7 +130,7 @@ def tas_figure(study, tas: pd.DataFrame, variant: str, out: Path | None = None):
 
     part = tas[tas["variant"] == variant] if "variant" in tas.columns else tas.iloc[0:0]
     inits = list(dict.fromkeys(part["init"]))
-    modes = [m for m in ("recomputed", "held") if m in set(part["target_mode"])]
+    modes = [m for m in ("recomputed", "held", "-") if m in set(part["target_mode"])]  # -: no lookahead step
     if not inits or not modes:
         return None
     fig = Figure(figsize=(3.2 * len(inits), 3.0 * len(modes)))
@@ -149,7 +149,7 @@ def tas_figure(study, tas: pd.DataFrame, variant: str, out: Path | None = None):
             for i in range(len(order)):
                 for j in range(len(order)):
                     ax.text(j, i, f"{m.to_numpy()[i, j]:+.2g}", ha="center", va="center", fontsize=5)
-            ax.set_title(f"init {init}, target {mode}", fontsize=7)
+            ax.set_title(f"init {init}" + (f", target {mode}" if mode != "-" else ""), fontsize=7)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
     fig.suptitle(f"{study.name}: TAS ({variant}); rows stepped on, columns measured", fontsize=8)
     if out is not None:

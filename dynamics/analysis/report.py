@@ -43,6 +43,14 @@ def _ci(v: Verdict) -> str:
     return "" if not math.isfinite(v.effect) else f"{v.effect:+.3g} [{v.ci_low:+.3g}, {v.ci_high:+.3g}]"
 
 
+def _claim(claim: str, v: Verdict) -> str:
+    """The finding's claim, with its reading's noise-to-signal ratio where it has one (O1 contamination)."""
+    if not (math.isfinite(v.noise_ratio) or math.isfinite(v.noise_ratio_analytic)):
+        return claim
+    return (f"{claim}; noise / signal at the claim's k: {_fmt(v.noise_ratio, '.3g') or 'not logged'} measured, "
+            f"{_fmt(v.noise_ratio_analytic, '.3g') or '?'} by definition")
+
+
 def _share(verdict: Verdict) -> str:
     if not math.isfinite(verdict.reference_share):
         return verdict.regime
@@ -101,14 +109,14 @@ def write_report(root: str | Path, scale: str, studies: list) -> Path:
         result = study_analysis(study, scale, root, evals, runs)
         v = result.verdict
         verdicts.append(v.as_row())
-        summary.append(f"| {study.name} | {study.finding.claim} | **{v.verdict}** | {_ci(v)} "
+        summary.append(f"| {study.name} | {_claim(study.finding.claim, v)} | **{v.verdict}** | {_ci(v)} "
                        f"| {_fmt(v.detectable, '.3g')} | {_fmt(v.paper_effect)} | {_share(v)} "
                        f"| {v.blowups} | {v.seeds} |")
         sections += _study_section(study, scale, result)
         for extra in study.extra_findings:
             ev = finish_verdict(study, analyze_extra(study, extra, scale, root, evals), pd.DataFrame(), result.regime)
             verdicts.append(ev.as_row())
-            summary.append(f"| {study.name} | {extra.claim} | **{ev.verdict}** | {_ci(ev)} "
+            summary.append(f"| {study.name} | {_claim(extra.claim, ev)} | **{ev.verdict}** | {_ci(ev)} "
                            f"| {_fmt(ev.detectable, '.3g')} |  | {_share(ev)} | | {ev.seeds} |")
             sections += [f"- Further finding: {extra.claim}. Holds if {extra.holds_if}. "
                          f"Verdict: **{ev.verdict}**. {ev.detail}", ""]

@@ -1,8 +1,8 @@
 """The task-affinity finding (O3): which init gives the v task the highest affinity to the large-dt u tasks.
 
-tas.csv (written by dynamics.study_tas) holds the TAS of every init, seed, step variant and target mode. The
-verdict is computed under each (variant, target mode); the headline is the default variant with the target
-recomputed, and the detail says whether the finding depends on that choice.
+tas.csv (written by dynamics.study_tas) holds the TAS of every init, seed, variant and target mode. The verdict
+is computed under each (variant, target mode); the headline is the authors' TAS (the accumulated-gradient
+cosine), and the detail says whether the robustness checks (the lookahead steps, the per-batch cosine) agree.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import pandas as pd
 from .verdicts import Part, Verdict, judge, t_interval
 
 LARGE_DT_TASKS = ("u[0.5,0.7]", "u[0.7,0.9]")
-# The headline variant (dynamics.study_tas.DEFAULT_VARIANT; analysis reads results only, so it is named here).
-TAS_DEFAULT_VARIANT = "b: grad step of equal length"
-TAS_DEFAULT_MODE = "recomputed"
+# The headline variant (dynamics.study_tas.DEFAULT_VARIANT; analysis reads results only, so it is named here);
+# its target mode is `-` (no lookahead step). A tas.csv written before it was the default lacks it: its headline
+# is the earlier default, named in the verdict's detail.
+TAS_DEFAULT_VARIANT = "tas: accumulated-gradient cosine"
+TAS_DEFAULT_MODE = "-"
+LEGACY_DEFAULT = ("b: grad step of equal length", "recomputed")
 
 
 def _one_setting(study, tas: pd.DataFrame) -> tuple[Verdict, pd.DataFrame]:
@@ -49,11 +52,16 @@ def tas_verdict(study, tas_csv: Path) -> tuple[Verdict, pd.DataFrame]:
         verdicts[(variant, mode)] = verdict
         tables.append(table.assign(variant=variant, target_mode=mode, verdict=verdict.verdict,
                                    effect=verdict.effect))
-    head = verdicts.get((TAS_DEFAULT_VARIANT, TAS_DEFAULT_MODE)) or next(iter(verdicts.values()))
+    key = next((k for k in ((TAS_DEFAULT_VARIANT, TAS_DEFAULT_MODE), LEGACY_DEFAULT) if k in verdicts),
+               next(iter(verdicts)))
+    head = verdicts[key]
+    stale = "" if key[0] == TAS_DEFAULT_VARIANT else (
+        f" (this tas.csv has no {TAS_DEFAULT_VARIANT!r}: re-run `dynamics tas --study {study.name}`)")
     kinds = {v.verdict.split(" (")[0] for v in verdicts.values()}
-    depends = ("the finding does NOT depend on the choice (same verdict under every variant and target mode)"
-               if len(kinds) == 1 else "the finding DEPENDS on the choice: " + "; ".join(
+    depends = ("the finding does NOT depend on the measure (the robustness checks agree: the same verdict under "
+               "every variant and target mode)"
+               if len(kinds) == 1 else "the finding DEPENDS on the measure: " + "; ".join(
                    f"{variant} / target {mode}: {v.verdict} ({v.effect:+.3g})"
                    for (variant, mode), v in verdicts.items()))
-    head.detail = f"{head.detail} [variant {TAS_DEFAULT_VARIANT}, target {TAS_DEFAULT_MODE}]. {depends}"
+    head.detail = f"{head.detail} [variant {key[0]}, target {key[1]}{stale}]. {depends}"
     return head, pd.concat(tables, ignore_index=True)

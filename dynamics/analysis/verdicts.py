@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .noise import with_noise_ratio, with_ratios
 from .power import t_quantile
 
 
@@ -59,6 +60,9 @@ class Verdict:
     paper_effect: float = math.nan  # the paper's relative change applied to the control's value here
     blowups: int = 0  # runs above the noise ceiling or diverged (all conditions)
     df: int = -1  # degrees of freedom of the interval; -1: seeds - 1 (a t-interval over per-seed values)
+    # O1 contamination (dynamics.analysis.noise): the reading's ||noise|| / ||v|| at the claim's k
+    noise_ratio: float = math.nan  # measured: metrics.jsonl's noise_ratio, mean over the runs
+    noise_ratio_analytic: float = math.nan  # by definition: k sqrt(D) (literal), k (normalised)
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
@@ -117,8 +121,11 @@ def final_values(evals: pd.DataFrame, metric_name: str, sampler: str, nfes: tupl
 
 def arm_table(values: pd.DataFrame, tags: list[str]) -> pd.DataFrame:
     """Mean, median, spread and 95% interval over seeds per arm (tag values) and NFE, the blown-up runs per arm
-    (`blowups`, see dynamics.analysis.regime) and the mean's share of the noise-to-data distance."""
+    (`blowups`, see dynamics.analysis.regime), the mean's share of the noise-to-data distance and, for contaminated
+    runs, the noise-to-signal ratio measured and by definition (dynamics.analysis.noise)."""
     keys = [t for t in tags if t in values.columns] + ["nfe"]
+    values = with_ratios(values)
+    ratios = [c for c in ("noise_ratio", "noise_ratio_analytic") if c in values.columns]
     out = []
     for key, group in values.groupby(keys, dropna=False):
         mean, low, high = t_interval(group["value"].to_numpy())
@@ -129,7 +136,7 @@ def arm_table(values: pd.DataFrame, tags: list[str]) -> pd.DataFrame:
                    ci_low=low, ci_high=high, seeds=len(group),
                    blowups=int(group["blowup"].sum()) if "blowup" in group.columns else 0,
                    share=mean / ceiling if ceiling else math.nan, floor=float(group["floor"].mean()),
-                   ceiling=ceiling)
+                   ceiling=ceiling, **{c: float(group[c].mean()) for c in ratios})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -181,17 +188,23 @@ def seed_blocked_slope(x: np.ndarray, y: np.ndarray, seeds: np.ndarray) -> tuple
     return slope, math.sqrt(residual / df / sxx), df
 
 
-def _trend(values, finding, tags, lower_is_better) -> tuple[list[Part], str]:
-    sign = -1.0 if finding.direction == "decreasing" else 1.0
+def seed_blocked_trend(values: pd.DataFrame, tag: str, direction: str, tags: list[str]) -> tuple[list[Part], str]:
+    """Per group of the independent tags, the seed-blocked slope of the value against `tag`, oriented by
+    `direction` (increasing | decreasing) so that > 0 supports the finding, with its 95% t-interval."""
+    sign = -1.0 if direction == "decreasing" else 1.0
     results, details = [], []
-    for label, group in _groups(values, finding.tag, tags):
-        slope, se, df = seed_blocked_slope(group[finding.tag].astype(float).to_numpy(),
+    for label, group in _groups(values, tag, tags):
+        slope, se, df = seed_blocked_slope(group[tag].astype(float).to_numpy(),
                                            group["value"].astype(float).to_numpy(), group["seed"].to_numpy())
         half = t_quantile(df) * se if df >= 1 else math.nan
         mean = sign * slope
         results.append(Part(mean, mean - half, mean + half, int(group["seed"].nunique()), df))
-        details.append(f"{label or 'all'}: slope {slope:+.3g} per unit of {finding.tag} (seed-blocked, df {df})")
+        details.append(f"{label or 'all'}: slope {slope:+.3g} per unit of {tag} (seed-blocked, df {df})")
     return results, "; ".join(details)
+
+
+def _trend(values, finding, tags, lower_is_better) -> tuple[list[Part], str]:
+    return seed_blocked_trend(values, finding.tag, finding.direction, tags)
 
 
 def _better(values, finding, tags, lower_is_better) -> tuple[list[Part], str]:
@@ -243,4 +256,4 @@ def study_verdict(study, values: pd.DataFrame, tags: list[str]) -> Verdict:
     tags = sorted({t for t in tags if t in values.columns} | {finding.tag, "seed"})
     values = values.dropna(subset=[finding.tag]) if finding.tag in values.columns else values
     parts, detail = COMPARE[finding.comparison](values, finding, tags, metric.lower_is_better)
-    return judge(study.name, finding.claim, parts, detail)
+    return with_noise_ratio(judge(study.name, finding.claim, parts, detail), values, finding.tag, finding.control)

@@ -240,16 +240,17 @@ def cmd_tas(args: argparse.Namespace) -> int:
     """Task affinity (TAS, docs/design.md) of one run, of a preset's fresh init, or of every init of a study."""
     from experiments.registry import get_study
 
-    from ..affinity import DEFAULT_BATCHES, affinity_matrix, describe, task_affinity
+    from ..affinity import affinity_matrix, describe, task_affinity
     from ..results import atomic_write_bytes
     from ..study_tas import DEFAULT_VARIANT, study_affinity
 
     _register(args.register)
-    settings = dict(method=args.method, batches=args.batches, optimizer=args.optimizer, lr=args.lr,
-                    recompute_target=not args.no_recompute_target, recompute_weight=args.recompute_weight,
-                    train_window=args.train_window,
-                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-    note = "rows: the task stepped on (source); columns: the task whose loss is measured (target)"
+    settings = dict(method=args.method, batches=args.batches, samples=args.samples, optimizer=args.optimizer,
+                    lr=args.lr, recompute_target=not args.no_recompute_target,
+                    recompute_weight=args.recompute_weight, train_window=args.train_window, batch_size=args.batch_size,
+                    device=args.device, progress=not args.quiet)
+    note = ("rows: the task stepped on (source); columns: the task whose loss is measured (target); the "
+            "accumulated TAS and the cosine are symmetric")
     if args.study:
         bad = [a for a in args.targets if "=" not in a]
         if bad or args.preset or args.tasks or args.out or args.epoch is not None:
@@ -261,12 +262,11 @@ def cmd_tas(args: argparse.Namespace) -> int:
         frame = study_affinity(get_study(args.study), args.scale, args.results, args.seeds,
                                overrides=args.targets, **settings)
         print(f"{describe(frame)}; {note}")
-        default = frame[(frame["variant"] == DEFAULT_VARIANT) & (frame["target_mode"] == "recomputed")]
+        default = frame[frame["variant"] == DEFAULT_VARIANT]
         for init, part in default.groupby("init", sort=False):
-            print(f"\ninit {init} ({DEFAULT_VARIANT}, target recomputed; mean over {part['seed'].nunique()} "
-                  "seeds):")
+            print(f"\ninit {init} ({DEFAULT_VARIANT}; mean over {part['seed'].nunique()} seeds):")
             print(affinity_matrix(part, "value").to_string(float_format=lambda v: f"{v:+.4f}"))
-        print("(every variant and the held-target matrices are in tas.csv and the O3 report)")
+        print("(the robustness checks, lookahead steps and per-batch cosine, are in tas.csv and the O3 report)")
         print(f"\nwrote {Path(args.results) / args.scale / args.study / 'tas.csv'}")
         return 0
     if args.preset:
@@ -275,8 +275,6 @@ def cmd_tas(args: argparse.Namespace) -> int:
         source = args.targets[0]
     else:
         return fail("give one RUN_DIR, or --preset NAME [key=value ...], or --study NAME --scale S")
-    if settings["batches"] is None:
-        settings["batches"] = DEFAULT_BATCHES
     frame = task_affinity(source, args.tasks or "v,u", epoch=args.epoch, seed=args.seed, **settings)
     print(f"{describe(frame)}; {note}")
     print(affinity_matrix(frame).to_string(float_format=lambda v: f"{v:+.4f}"))

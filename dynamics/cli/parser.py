@@ -129,10 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--seeds and --results")
     p.add_argument("--scale", choices=SCALES, help="with --study")
     p.add_argument("--tasks", help="comma-separated: v, u, both, u[a,b] (default: v,u)")
-    p.add_argument("--method", default="lookahead", choices=TAS_METHODS)
+    p.add_argument("--method", default=TAS_METHODS[0], choices=TAS_METHODS,
+                   help="accumulated (default): the authors' TAS, the cosine between the tasks' gradients "
+                        "accumulated over N samples; lookahead (TAG's step) and cosine (per batch) are checks")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="accumulated: the N samples (default: the scale's, 1000 at paper scale)")
     p.add_argument("--batches", type=int, default=None,
-                   help="batches averaged over (default: 16; with --study at digits scale 8)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
+                   help="lookahead/cosine: batches averaged over (default 16; with --study at digits scale 8); "
+                        "accumulated: disjoint N-sample sets (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batch (accumulated: per backward chunk); default: the run's train.batch_size")
     p.add_argument("--optimizer", default="sgd", choices=TAS_OPTIMIZERS,
                    help="lookahead step: a plain gradient step at lr (default), one of length lr*sqrt(#params), "
                         "or a copy of the run's Adam state (--study measures all of them)")

@@ -131,12 +131,30 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        """A config from its dict, every key and value type-checked; `objective.cfg`, the guidance section's
-        older name in stored configs, is read as `objective.guidance`."""
-        objective = d.get("objective")
-        if isinstance(objective, dict) and "cfg" in objective and "guidance" not in objective:
-            d = {**d, "objective": {("guidance" if k == "cfg" else k): v for k, v in objective.items()}}
-        return to_dataclass(cls, d, "")
+        """A config from its dict, every key and value type-checked; older stored configs are read through
+        `_migrate`."""
+        return to_dataclass(cls, _migrate(d), "")
+
+
+def _migrate(d: dict) -> dict:
+    """Older keys of stored config.json files, mapped to today's, all in this one place:
+    - `objective.cfg`: the guidance section's older name, read as `objective.guidance`;
+    - `objective.dtd.mode=patience` with `patience` (a window of patience x T steps, a patience of one window):
+      read as the counter rule with tau = patience x T (`mode=counter`, `tau_share=patience`)."""
+    objective = d.get("objective")
+    if not isinstance(objective, dict):
+        return d
+    if "cfg" in objective and "guidance" not in objective:
+        objective = {("guidance" if k == "cfg" else k): v for k, v in objective.items()}
+    dtd = objective.get("dtd")
+    if isinstance(dtd, dict) and ("patience" in dtd or dtd.get("mode") == "patience"):
+        dtd = {k: v for k, v in dtd.items() if k != "patience"}
+        if "patience" in objective["dtd"]:
+            dtd.setdefault("tau_share", objective["dtd"]["patience"])
+        if dtd.get("mode") == "patience":
+            dtd["mode"] = "counter"
+        objective = {**objective, "dtd": dtd}
+    return {**d, "objective": objective}
 
 
 def phase_boundaries(cfg: RunConfig) -> list[int]:

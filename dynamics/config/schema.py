@@ -166,28 +166,47 @@ class GuidanceConfig:
             raise ConfigError(f"objective.guidance needs 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
 
 
+# DTD's tau at the paper scales, and its share of B/4's run (240 epochs of ImageNet at batch 256 = 1,200,960
+# iterations): 1.67e-4, the tau of the small scales as a share of their runs (DTDConfig)
+PAPER_TAU = 200
+SMALL_SCALE_TAU_SHARE = PAPER_TAU / (240 * (1281167 // 256))
+
+
 @dataclass
 class DTDConfig:
     """Denoising-Task-Difficulty curriculum on the v-term timesteps (Kim, Go et al. 2024, arXiv 2403.10348).
 
-    N = 20 clusters, easiest (t near 1) first, and the DTD paper's adaptive pacing: move to the next cluster when
-    the loss has not improved within the maximum patience (DTD: tau = 200 iterations). The patience here is a
-    fraction of the run's steps, so it scales from cpu to b4: 5e-4 is tau = 200 of a 400K-iteration DiT run
-    (DiT's ImageNet budget, which the DTD paper follows; an assumption, the fraction is ours).
-    `pace` (an option): cluster k opens at step k / clusters * pace_until * T.
+    N = 20 clusters, easiest (t near 1) first. `counter` (default): DTD's Algorithm 1, a counter of iterations
+    since the v error last reached a new best, reset on every new best; at tau the next cluster opens and the
+    best and the counter reset. tau = 200 iterations at the paper scales (DTD's DiT setting: the same batch and
+    backbone), so the pacing takes at least 19 x 200 iterations, 0.3% of B/4's 1.2M (DTD is a short curriculum at
+    the start of a run). Small scales have no faithful analogue: their presets set `tau_share`, tau as a share of
+    the run's steps, SMALL_SCALE_TAU_SHARE = 200 / 1,200,960, so that 20 x tau spans the share of the run it spans
+    at B/4; tau is at least 1 (it is 1 in every cpu and digits run, whose runs are 1,200-4,000 steps).
+    `pace` (a labelled ablation): cluster k opens at step k / clusters * pace_until * T.
     """
 
     clusters: int = 20
-    # patience (the DTD paper's adaptive pacing) | pace (fixed fractions of training)
-    mode: Literal["patience", "pace"] = "patience"
+    # counter (DTD's adaptive pacing, Algorithm 1) | pace (fixed fractions of training; an ablation)
+    mode: Literal["counter", "pace"] = "counter"
+    tau: int = PAPER_TAU  # iterations without a new best v error before the next cluster opens
+    tau_share: float = 0.0  # > 0: tau = max(1, round(tau_share x the run's steps)) instead of `tau`
     pace_until: float = 0.5
-    patience: float = 5e-4  # fraction of the run's steps: the window P of the v-loss plateau test
 
     def validate(self) -> None:
         if self.clusters < 1:
             raise ConfigError(f"objective.dtd.clusters={self.clusters} must be >= 1")
+        if self.tau < 1:
+            raise ConfigError(f"objective.dtd.tau={self.tau} must be >= 1 (iterations)")
+        _in_range("objective.dtd.tau_share", self.tau_share, 0.0, 1.0)
+        if self.tau_share > 0 and self.tau != PAPER_TAU:  # one of the two sets tau, not both
+            raise ConfigError(f"objective.dtd.tau={self.tau} is ignored while objective.dtd.tau_share="
+                              f"{self.tau_share:.3g} > 0; set objective.dtd.tau_share=0 to use tau")
         _in_range("objective.dtd.pace_until", self.pace_until, 0.0, 1.0, lo_open=True)
-        _in_range("objective.dtd.patience", self.patience, 0.0, 1.0, lo_open=True)
+
+    def tau_for(self, total_steps: int) -> int:
+        """The counter's tau in iterations for a run of `total_steps` steps."""
+        return max(1, round(self.tau_share * total_steps)) if self.tau_share > 0 else self.tau
 
 
 @dataclass
@@ -197,6 +216,10 @@ class ObjectiveConfig:
     adaptive_c: float = 1e-3
     alpha: str = "none"  # v-term weight: none | minsnr | a registered piece (dynamics.pieces)
     minsnr_gamma: float = 5.0
+    # which Min-SNR-gamma weight sits on the velocity error (curriculum.MinSNRWeight): velocity (default: the
+    # x0-space weight min(SNR, gamma) carried over exactly) | noise (min(SNR, gamma) / SNR) | vpred
+    # (min(SNR, gamma) / (SNR + 1)), the latter two Min-SNR's weights for eps- and v-prediction losses
+    minsnr_form: Literal["velocity", "noise", "vpred"] = "velocity"
     v_sampling: str = "base"  # v-term timestep sampling: base | dtd | a registered v_time piece
     dtd: DTDConfig = field(default_factory=DTDConfig)
     beta: str = "none"  # u-term weight: none | progressive | a registered piece (dynamics.pieces)
@@ -277,7 +300,9 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_epochs: list[float] = field(default_factory=list)  # epochs whose checkpoints are kept for fine-tunes
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 (the paper presets: the official JAX code trains in
+    # float32) | bf16 (autocast of the graph-building forward and backward; the JVP target stays float32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     grad_clip: float = 0.0  # 0: off
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 

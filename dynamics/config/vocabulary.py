@@ -6,5 +6,5 @@ words from here, so the parser's choices and the module's checks cannot drift ap
 
 EXECUTORS = ("debug", "local", "slurm")  # dynamics.launch
 SAMPLING_MODES = ("u", "v")  # dynamics.meanflow.sampling.generate: few-step with u | Euler with v = u(z, t, t)
-TAS_METHODS = ("lookahead", "cosine")  # dynamics.affinity
+TAS_METHODS = ("accumulated", "lookahead", "cosine")  # dynamics.affinity; the first is the default
 TAS_OPTIMIZERS = ("sgd", "sgd-length", "adam")  # dynamics.affinity: the lookahead step
