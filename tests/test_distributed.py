@@ -154,6 +154,8 @@ def _one_process_step0(cfg, tmp: Path) -> tuple[dict, list[torch.Tensor]]:
            for f in ("t", "r", "e", "y")]
     out = trainer.loss_on(objective, x, Draw(*cat, n_v=None))
     out.loss.backward()
+    if cfg.train.grad_clip > 0:  # the ranks clip the all-reduced gradient: the same norm as one process's
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.train.grad_clip)
     losses = {"loss": float(out.loss.detach()), "loss_v": float(out.loss_v), "loss_u": float(out.loss_u)}
     return losses, [p.grad for p in trainer.model.parameters()]
 
