@@ -189,6 +189,7 @@ class FaultWatch:
 
     def resumed(self) -> bool:
         self.poll()
+
         def back(f: str) -> bool:  # requeued, or already training past the step it stopped at
             return "requeued" in self.seen[f] or step_of(self.runs[f].run_dir) > self.interrupted[f] + 50
 
