@@ -413,13 +413,14 @@ def cost_row(case, quick: bool, strategy: str, share: float, fm_peak: float, pai
 def section_distributed(sz: Sizes, work: Path) -> Section:
     import torch.distributed as dist
 
+    from dynamics import distributed
     from dynamics import train as train_mod
 
     sec = Section("distributed")
     cfg = train_config(sz, work / "shards")
     cfg.train.steps_per_epoch, cfg.train.keep_epochs = 2, []
     calls = []
-    original = train_mod.wrap_model
+    original = distributed.wrap_model
 
     def counting(model, device):
         calls.append(1)  # the model is wrapped in DDP once, at the first step
@@ -428,14 +429,14 @@ def section_distributed(sz: Sizes, work: Path) -> Section:
     plain = train_mod.Trainer(cfg, work / "dist-plain", sz.device)
     plain.train_step()
     os.environ[train_mod.FORCE_DIST_ENV] = "1"
-    train_mod.wrap_model = counting
+    distributed.wrap_model = counting
     try:
         forced = train_mod.Trainer(cfg, work / "dist-forced", sz.device)
         sec.values.update(backend=dist.get_backend(), world_size=dist.get_world_size())
         forced.train_step()
         sync(sz.device)
     finally:
-        train_mod.wrap_model = original
+        distributed.wrap_model = original
         os.environ.pop(train_mod.FORCE_DIST_ENV, None)
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,5 +1,8 @@
 """A run's checkpoints: last.pt, the one before it (prev.pt), the kept epochs, and a parent run's to start from.
 
+A run starts from its own latest checkpoint (a resume), else from the parent run's its config names
+(`init`), else from scratch (`Checkpointer.load_start`).
+
 Every checkpoint is written atomically (results.atomic_torch_save); prev.pt is a hard link to the last.pt
 being replaced, so a last.pt that cannot be read (a torn copy, a file system without atomic rename) falls
 back to the checkpoint before it instead of restarting the run.
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError, InitConfig
 from .results import atomic_torch_save, checkpoint_path
 
 PREV_CKPT = "prev.pt"
@@ -61,6 +65,27 @@ class Checkpointer:
                 print(f"dynamics: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}",
                       file=sys.stderr)
         return None
+
+    def load_start(self, world_size: int, init: InitConfig, total_steps: int) -> tuple[dict | None, bool]:
+        """(the state this run starts from, whether it resumes its own): its latest checkpoint, else the parent
+        run's named by `init`, else (None, False). A checkpoint written at another world size is refused: each
+        rank's draws (t, r, noise) come from streams at (seed, step, rank), so the same global batch at another
+        world size is another run."""
+        state = self.load_latest()
+        if state is not None:
+            written = int(state.get("world_size", world_size))
+            if written != world_size:
+                raise ConfigError(f"resume: {self.last} (step {state['step']}) was written by {written} rank(s) "
+                                  f"and this job has {world_size}; the per-rank draws depend on the world size, "
+                                  f"so resume with {written} rank(s)")
+            return state, True
+        if not init.run_dir:
+            return None, False
+        state = self.load_parent(init.run_dir, init.epoch)
+        if int(state["step"]) >= total_steps:
+            raise ConfigError(f"init: the parent checkpoint is at step {int(state['step'])}, past this run's "
+                              f"{total_steps} steps")
+        return state, False
 
     def load_parent(self, run_dir: str | Path, epoch: float) -> dict:
         """The checkpoint of the parent run this run starts from (config `init.run_dir`, `init.epoch`)."""

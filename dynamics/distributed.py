@@ -1,5 +1,6 @@
 """Data parallel over torch.distributed, all in one place: who this process is, the process group a launcher
-asks for, the DDP wrapper, and the per-step agreement of the ranks.
+asks for, the DDP wrapper and which module a step's loss goes through (`DataParallel`), the ranks' agreement
+on where the run starts (`start_together`) and their per-step agreement (`step_sync`).
 
 N ranks train the same run as one process with the same global batch (docs/distributed.md): each rank takes
 its slice of the global batch, the gradients are averaged by DistributedDataParallel, and once per step one
@@ -14,12 +15,15 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .config import ConfigError
 
 # Set to 1 to start torch.distributed on a single process (world size 1) when nothing else has: the
 # trainer then goes through DDP as a multi-GPU job does (benchmarks/gpu_check.py).
@@ -98,11 +102,17 @@ def init_from_env(device: str | torch.device | None) -> tuple[str | torch.device
     return (device if wants_cuda else (device or "cpu")), True
 
 
-def setup(device: torch.device) -> DistInfo:
-    """This process's place in the job; starts a one-process group first when FORCE_DIST_ENV=1 asks for it."""
+def setup(device: torch.device, jvp: str) -> DistInfo:
+    """This process's place in the job; starts a one-process group first when FORCE_DIST_ENV=1 asks for it.
+    The `compiled` JVP strategy is refused with several ranks: torch.func.jvp under torch.compile does not
+    trace through DDP."""
     if os.environ.get(FORCE_DIST_ENV) == "1" and not (dist.is_available() and dist.is_initialized()):
         init_single_process_group(device)
-    return dist_info()
+    info = dist_info()
+    if info.world_size > 1 and jvp == "compiled":
+        raise ConfigError("objective.jvp=compiled is refused with several ranks (torch.func.jvp under "
+                          "torch.compile does not trace through DDP); use rows, fused or full")
+    return info
 
 
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -110,6 +120,36 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     all-reduce overlapped with the backward). The JVP runs on `model` itself, never through the wrapper."""
     ids = [device.index] if device.type == "cuda" and device.index is not None else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+class DataParallel:
+    """Which module a step's loss goes through: the model, or DDP around it when a process group is up (built at
+    the first step). Under DDP the graph-building forward goes through the wrapper and the `rows` strategy's JVP
+    and guidance run on the model itself (the target is computed apart, under no_grad); the other strategies'
+    JVP builds the graph, so it runs through it. bf16 autocast on CUDA when `precision` is auto or bf16."""
+
+    def __init__(self, model: nn.Module, device: torch.device, info: DistInfo, precision: str):
+        self.model, self.device, self.info = model, device, info
+        self.bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+        self._ddp: nn.Module | None = None
+
+    @property
+    def ddp(self) -> nn.Module | None:
+        """The DDP wrapper of the model when a process group is up, else None."""
+        if self._ddp is None and self.info.initialized:
+            self._ddp = wrap_model(self.model, self.device)
+        return self._ddp
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def loss_at(self, objective, x: torch.Tensor, d, step: int, gen: torch.Generator | None = None):
+        """The objective's loss (a LossOutput) for the draw `d` at `step`, through the right module."""
+        with self.autocast():
+            if self.ddp is None:
+                return objective.loss_at(self.model, x, d, step, gen)
+            target = self.model if objective.jvp_strategy == "rows" else None
+            return objective.loss_at(self.ddp, x, d, step, gen, target_model=target)
 
 
 def all_reduce_gradients(model: nn.Module, world_size: int) -> None:
@@ -189,6 +229,23 @@ def agree_on_start(info: DistInfo, step: int, digest: str, error: str | None, so
         seen = ", ".join(f"rank {k} at step {s} (model {d})" for k, (s, d, _) in enumerate(views))
         raise RuntimeError(f"the ranks disagree on where the run starts: {seen}; every rank must read the same "
                            f"{source} (a results folder on a shared file system)")
+
+
+def start_together(info: DistInfo, restore: Callable[[], bool],
+                   start: Callable[[], tuple[int, nn.Module, dict]], source: str) -> bool:
+    """restore() on this rank, then the ranks agree on the (step, model, v_time state) that `start` returns (a
+    rank that could not read `source` fails them all, in one line, before anything is written); returns
+    restore()'s answer. On one rank a failure is raised as it is."""
+    error = None
+    try:
+        resumed = restore()
+    except Exception as exc:
+        if info.world_size == 1:
+            raise
+        resumed, error = False, f"{type(exc).__name__}: {exc}"
+    step, model, extra = start()
+    agree_on_start(info, step, state_digest(step, model, extra), error, source)
+    return resumed
 
 
 class Terminated(Exception):

@@ -41,6 +41,18 @@ class RunLog:
             truncate_jsonl(self.run_dir / METRICS_FILE, step)
             truncate_jsonl(self.run_dir / EVAL_FILE, step)
 
+    def begin(self, config: dict, step: int, resumed: bool) -> dict | None:
+        """Open the logs of a run that starts at `step`: config.json, the logs cut back to a resumed checkpoint's
+        step, the clock, status "running". A run already done returns its status instead and is left as is."""
+        self.write_config(config)
+        if resumed:
+            self.resume_at(step)
+        if self.read_status().get("state") == "done" and step >= self.total_steps:
+            return self.read_status()
+        self.start(step)
+        self.status("running", step)
+        return None
+
     def start(self, step: int) -> None:
         """This process trains from `step` on: the clock of the rows' time and steps_per_s."""
         self.start_time, self.start_step = time.time(), step
@@ -49,6 +61,16 @@ class RunLog:
         """running | done | diverged | interrupted (train() records failed)."""
         if self.is_main:
             write_status(self.run_dir, state, step=step, total_steps=self.total_steps, pid=os.getpid(), **fields)
+
+    def end(self, state: str, step: int, rank: int, **fields) -> dict:
+        """Record the run's end; returns status.json (main rank) or this rank's own view of it (the others)."""
+        self.status(state, step, **fields)
+        if self.is_main:
+            return self.read_status()
+        return {"state": state, "step": step, "total_steps": self.total_steps, "rank": rank, **fields}
+
+    def metrics_due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total_steps
 
     def read_status(self) -> dict:
         return read_status(self.run_dir)

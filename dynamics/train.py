@@ -1,9 +1,10 @@
 """The shared MeanFlow trainer: one loop for every study and every scale.
 
-Adam with a constant or warm-up + cosine learning rate, EMA, bf16 autocast on GPU, data parallel over
-torch.distributed (distributed.py), atomic checkpoints and exact resume (checkpoint.py), the run's status
-and logs (runlog.py), periodic evaluation of the EMA model, and a non-finite loss ending the run as
-"diverged". N ranks train the same run as one process with the same global batch (docs/distributed.md).
+Adam with a constant or warm-up + cosine learning rate, EMA, periodic evaluation of the EMA model, and a
+non-finite loss ending the run as "diverged". The Trainer is a loop over parts, each in its own module:
+data parallel and bf16 autocast (distributed.DataParallel), what a run starts from and its atomic
+checkpoints (checkpoint.Checkpointer), the run's status and logs (runlog.RunLog). N ranks train the same
+run as one process with the same global batch (docs/distributed.md).
 The objective is the phase's MeanFlowLoss (curriculum.build_objective); the run's v_time piece
 is one object, the base piece's no-ops when the config names none.
 
@@ -22,21 +23,20 @@ import torch
 from torch import nn
 
 from .checkpoint import PREV_CKPT, Checkpointer
-from .config import ConfigError, RunConfig, phase_boundaries
+from .config import RunConfig, phase_boundaries
 from .curriculum import build_objective, build_v_time
 from .data import Dataset, build_dataset
 from .distributed import (
     FORCE_DIST_ENV,
+    DataParallel,
     DistInfo,
-    agree_on_start,
     all_reduce_gradients,
     dist_info,
     init_from_env,
     setup,
     sigterm_raises,
-    state_digest,
+    start_together,
     step_sync,
-    wrap_model,
 )
 from .meanflow.loss import Draw, LossOutput
 from .metrics.evaluate import Evaluator
@@ -80,6 +80,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def eval_due(cfg: RunConfig, step: int, total_steps: int) -> bool:
+    """Every eval.every_epochs, and at the end."""
+    every = round(cfg.eval.every_epochs * cfg.train.steps_per_epoch)
+    return step == total_steps or (every > 0 and step % every == 0)
+
+
 class Diverged(RuntimeError):
     """A step's loss was not finite: the run ends as "diverged" (no update was applied)."""
 
@@ -89,15 +95,13 @@ class Diverged(RuntimeError):
 
 
 class Trainer:
-    """Holds the state of one run; `run()` trains it to the end (or resumes it)."""
+    """One run's state and the loop over its parts: the checkpointer, the run log, the objective of each
+    phase, the v_time piece and the data-parallel wrapper. `run()` trains it to the end (or resumes it)."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None = None):
         self.cfg, tc = cfg.validate(), cfg.train
         self.run_dir, self.device = Path(run_dir), resolve_device(device)
-        self.dist = setup(self.device)
-        if self.dist.world_size > 1 and cfg.objective.jvp == "compiled":
-            raise ConfigError("objective.jvp=compiled is refused with several ranks (torch.func.jvp under "
-                              "torch.compile does not trace through DDP); use rows, fused or full")
+        self.dist = setup(self.device, cfg.objective.jvp)
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
@@ -116,9 +120,8 @@ class Trainer:
         self.checkpoints = Checkpointer(self.run_dir, self.device, self.dist.is_main, keep)
         self.log = RunLog(self.run_dir, self.dist.is_main, self.total_steps)
         self.evaluator = Evaluator(cfg, self.dataset, self.device)
-        self.autocast = self.device.type == "cuda" and tc.precision in ("auto", "bf16")
+        self.parallel = DataParallel(self.model, self.device, self.dist, tc.precision)
         self._objectives: dict[int, object] = {}
-        self._ddp: nn.Module | None = None
         self._stop: threading.Event | None = None
         self.stop_requested = False
 
@@ -140,40 +143,16 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def restore(self) -> bool:
-        """Resume this run from its last checkpoint (returns True), or start from the configured parent run's.
-        A checkpoint written at another world size is refused: each rank's draws (t, r, noise) come from
-        streams at (seed, step, rank), so the same global batch at another world size is another run."""
-        state = self.checkpoints.load_latest()
+        """Load what this run starts from (Checkpointer.load_start); True when it resumes its own checkpoint."""
+        state, resumed = self.checkpoints.load_start(self.dist.world_size, self.cfg.init, self.total_steps)
         if state is not None:
-            written = int(state.get("world_size", self.dist.world_size))
-            if written != self.dist.world_size:
-                raise ConfigError(f"resume: {self.checkpoints.last} (step {state['step']}) was written by {written} "
-                                  f"rank(s) and this job has {self.dist.world_size}; the per-rank draws depend on "
-                                  f"the world size, so resume with {written} rank(s)")
-            self.load_state_dict(state)
-            return True
-        if self.cfg.init.run_dir:
-            init = self.cfg.init
-            self.load_state_dict(self.checkpoints.load_parent(init.run_dir, init.epoch),
-                                 optimizer=init.load_optimizer)
-            if self.step >= self.total_steps:
-                raise ConfigError(f"init: the parent checkpoint is at step {self.step}, past this run's "
-                                  f"{self.total_steps} steps")
-        return False
+            self.load_state_dict(state, optimizer=resumed or self.cfg.init.load_optimizer)
+        return resumed
 
     def start(self) -> bool:
-        """restore(), then the ranks agree on the step and the model they start from (a rank that could not
-        read the checkpoint fails them all, in one line, before anything is written); returns restore()'s."""
-        error = None
-        try:
-            resumed = self.restore()
-        except Exception as exc:
-            if self.dist.world_size == 1:
-                raise
-            resumed, error = False, f"{type(exc).__name__}: {exc}"
-        digest = state_digest(self.step, self.model, self.v_time.state_dict())
-        agree_on_start(self.dist, self.step, digest, error, str(self.checkpoints.last))
-        return resumed
+        """restore() on every rank, then the ranks' agreement on the start (distributed.start_together)."""
+        return start_together(self.dist, self.restore, lambda: (self.step, self.model, self.v_time.state_dict()),
+                              str(self.checkpoints.last))
 
     # -- one step ---------------------------------------------------------------------------------------
     def phase_index(self, step: int) -> int:
@@ -185,29 +164,9 @@ class Trainer:
                                                       self.num_classes, self.v_time)
         return self._objectives[phase]
 
-    def epoch(self, step: int) -> float:
-        return step / self.cfg.train.steps_per_epoch
-
-    def eval_due(self, step: int) -> bool:
-        every = round(self.cfg.eval.every_epochs * self.cfg.train.steps_per_epoch)
-        return step == self.total_steps or (every > 0 and step % every == 0)
-
-    @property
-    def ddp(self) -> nn.Module | None:
-        """The DDP wrapper of the model when a process group is up (built at the first step), else None."""
-        if self._ddp is None and self.dist.initialized:
-            self._ddp = wrap_model(self.model, self.device)
-        return self._ddp
-
     def loss_on(self, objective, x: torch.Tensor, d: Draw, gen: torch.Generator | None = None) -> LossOutput:
-        """This rank's loss at the current step for the draw `d`. Under DDP the graph-building forward goes
-        through the wrapper and the `rows` strategy's JVP and guidance run on the model itself (the target is
-        computed apart, under no_grad); the other strategies' JVP builds the graph, so it runs through it."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            if self.ddp is None:
-                return objective.loss_at(self.model, x, d, self.step, gen)
-            target = self.model if objective.jvp_strategy == "rows" else None
-            return objective.loss_at(self.ddp, x, d, self.step, gen, target_model=target)
+        """This rank's loss at the current step for the draw `d` (through DDP when a process group is up)."""
+        return self.parallel.loss_at(objective, x, d, self.step, gen)
 
     def train_step(self) -> dict | None:
         """One optimiser step on this step's batch and draws; returns the row's loss columns (the global
@@ -221,7 +180,7 @@ class Trainer:
             group["lr"] = lr
         gen = objective_generator(tc.seed, step, rank, self.device)
         objective = self.objective(self.phase_index(step))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with self.parallel.autocast():
             d = objective.draw(x, y, gen)
         out = self.loss_on(objective, x, d, gen)
         self.opt.zero_grad(set_to_none=True)
@@ -246,8 +205,8 @@ class Trainer:
 
     def evaluate(self) -> None:
         if self.dist.is_main:
-            self.log.evals(self.evaluator(self.ema, self.step, final=self.step == self.total_steps),
-                           self.epoch(self.step))
+            final = self.step == self.total_steps
+            self.log.evals(self.evaluator(self.ema, self.step, final=final), self.step / self.cfg.train.steps_per_epoch)
             self.evaluator.grid_png(self.ema, self.run_dir / f"samples_step{self.step:06d}.png")
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -257,14 +216,9 @@ class Trainer:
         is "interrupted", so the requeued job resumes without losing a step."""
         tc = self.cfg.train
         self._stop, self.stop_requested = stop, False
-        resumed = self.start()
-        self.log.write_config(self.cfg.to_dict())
-        if resumed:
-            self.log.resume_at(self.step)
-        if self.log.read_status().get("state") == "done" and self.step >= self.total_steps:
-            return self.log.read_status()
-        self.log.start(self.step)
-        self.log.status("running", self.step)
+        done = self.log.begin(self.cfg.to_dict(), self.step, resumed=self.start())
+        if done is not None:
+            return done
         if self.step == 0 and self.cfg.eval.every_epochs > 0:
             self.evaluate()
         with progress_bar(self.total_steps, initial=self.step, desc=self.cfg.name,
@@ -273,28 +227,21 @@ class Trainer:
                 try:
                     stats = self.train_step()
                 except Diverged as exc:
-                    return self._end("diverged", diverged_step=self.step, loss=exc.loss)
+                    return self.log.end("diverged", self.step, self.dist.rank, diverged_step=self.step, loss=exc.loss)
                 if self.stop_requested:
                     self.checkpoints.save(self.state_dict())
-                    return self._end("interrupted", reason="stop signal (preemption or time-out): checkpointed")
+                    return self.log.end("interrupted", self.step, self.dist.rank,
+                                        reason="stop signal (preemption or time-out): checkpointed")
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                    self.log.metrics({"step": self.step, "epoch": self.epoch(self.step),
+                if self.log.metrics_due(self.step, tc.log_every):
+                    self.log.metrics({"step": self.step, "epoch": self.step / tc.steps_per_epoch,
                                       "phase": self.phase_index(self.step - 1), **stats, **self.v_time.stats()})
-                if self.eval_due(self.step):
+                if eval_due(self.cfg, self.step, self.total_steps):
                     self.evaluate()
                 if self.checkpoints.due(self.step, tc.ckpt_every, self.total_steps):
                     self.checkpoints.save(self.state_dict())
                     self.log.status("running", self.step)
-        return self._end("done")
-
-    def _end(self, state: str, **fields) -> dict:
-        """The final status: status.json's (main rank), or this rank's own view of it (the others)."""
-        self.log.status(state, self.step, **fields)
-        if self.dist.is_main:
-            return self.log.read_status()
-        return {"state": state, "step": self.step, "total_steps": self.total_steps, "rank": self.dist.rank,
-                **fields}
+        return self.log.end("done", self.step, self.dist.rank)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, device: str | torch.device | None = None,

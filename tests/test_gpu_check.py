@@ -92,6 +92,7 @@ def test_forced_distributed_all_reduces_at_world_size_one(tmp_path, monkeypatch)
     """DYNAMICS_FORCE_DIST=1: the trainer starts gloo on one process and trains through DDP; same step as without."""
     import torch.distributed as dist
 
+    from dynamics import distributed
     from dynamics import train as train_mod
 
     cfg = preset("smoke")
@@ -99,8 +100,8 @@ def test_forced_distributed_all_reduces_at_world_size_one(tmp_path, monkeypatch)
     plain = train_mod.Trainer(cfg, tmp_path / "a", "cpu")
     plain.train_step()
     calls = []
-    original = train_mod.wrap_model
-    monkeypatch.setattr(train_mod, "wrap_model", lambda m, d: (calls.append(1), original(m, d))[1])
+    original = distributed.wrap_model
+    monkeypatch.setattr(distributed, "wrap_model", lambda m, d: (calls.append(1), original(m, d))[1])
     monkeypatch.setenv(train_mod.FORCE_DIST_ENV, "1")
     try:
         forced = train_mod.Trainer(cfg, tmp_path / "b", "cpu")

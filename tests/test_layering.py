@@ -79,3 +79,23 @@ def test_the_registry_reexports_the_library_vocabulary():
 
     assert registry.TaskSpec is tasks.TaskSpec and registry.dt_bin is tasks.dt_bin
     assert registry.bin_label is tasks.bin_label
+
+
+MAX_MODULE_LINES = 350
+MAX_TRAINER_LINES = 160
+
+
+def test_no_module_is_over_350_lines():
+    """A module a reader takes in at once: every file in dynamics/ and experiments/ within 350 lines."""
+    files = sorted((ROOT / "dynamics").rglob("*.py")) + sorted((ROOT / "experiments").rglob("*.py"))
+    assert any(p.name == "train.py" for p in files)
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_the_trainer_stays_a_short_loop_over_parts():
+    """The Trainer holds the loop; checkpoints, logs, the DDP wrapper and the resume agreement live in its parts."""
+    tree = ast.parse((ROOT / "dynamics" / "train.py").read_text())
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    lines = trainer.end_lineno - trainer.lineno + 1
+    assert lines <= MAX_TRAINER_LINES, f"Trainer is {lines} lines (at most {MAX_TRAINER_LINES})"
