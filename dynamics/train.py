@@ -216,7 +216,7 @@ class Trainer:
         is "interrupted", so the requeued job resumes without losing a step."""
         tc = self.cfg.train
         self._stop, self.stop_requested = stop, False
-        done = self.log.begin(self.cfg.to_dict(), self.step, resumed=self.start())
+        done = self.log.begin(self.cfg.to_dict(), resumed=self.start(), step=self.step)  # step: after start()
         if done is not None:
             return done
         if self.step == 0 and self.cfg.eval.every_epochs > 0:
