@@ -11,7 +11,8 @@ test_launch.py and test_slurm.py (whichever worker asks first trains it; the oth
 `kill_after`: run a Trainer and stop it as a kill -9 would, right after a given step's checkpoint.
 
 Parallel runs: the tests of one file run on one worker (they share module fixtures: a trained run, a cluster, a
-results store), except the files in SPREAD, whose tests are independent; the slowest files start first."""
+results store), and so do the files that use the real SLURM (GROUP), except the files in SPREAD, whose tests are
+independent; the slowest files start first."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DYNAMICS_SLURM_STATE", "/var/lib/dynamics-slurm"))
 
-SLOW_FIRST = ("test_slurm.py", "test_notebooks.py", "test_launch.py", "test_jvp_strategies.py", "test_digits.py",
-              "test_train.py", "test_gpu_check.py", "test_layering.py")  # slowest first (pytest --durations)
+SLOW_FIRST = ("test_slurm.py", "test_slurm_distributed.py", "test_notebooks.py", "test_launch.py",
+              "test_jvp_strategies.py", "test_digits.py", "test_train.py", "test_gpu_check.py",
+              "test_layering.py")  # slowest first (pytest --durations)
 SPREAD = ("test_jvp_strategies.py",)  # independent tests, several torch.compile ones: split over the workers
+# the files on the real SLURM share one worker: `slurm_cluster` is started and stopped once, not twice at once
+GROUP = {"test_slurm_distributed.py": "test_slurm.py"}
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
@@ -48,7 +52,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its own order
     for item in items:
         if WORKER and item.path.name not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+            item.add_marker(pytest.mark.xdist_group(GROUP.get(item.path.name, item.path.name)))
 
 
 def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> tuple:

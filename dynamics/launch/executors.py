@@ -30,7 +30,7 @@ from ..results import (
 from .cost import CLUSTER_SCALES
 from .job import RunJob
 from .plan import PlannedRun, readiness
-from .profile import slurm_parameters
+from .profile import slurm_parameters, wants_gpus
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default (2 min) would requeue every run
 
@@ -151,7 +151,8 @@ def execute_local(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
                     params.update(gpus_per_node=1, visible_gpus=(slot,))
                 executor.update_parameters(**params)
                 _prepare(run)
-                job = executor.submit(RunJob(0 if gpus else 1), run.config.to_dict(), str(run.run_dir), str(root))
+                job_fn = RunJob(0, cuda=True) if gpus else RunJob(1)
+                job = executor.submit(job_fn, run.config.to_dict(), str(run.run_dir), str(root))
                 _record_job(run, "local", str(job.job_id))
                 running[run.uid] = (job, slot)
             steps = sum(_progress(r) if r.uid in running or r.uid in final else 0 for r in todo)
@@ -228,7 +229,8 @@ def execute_slurm(todo: list[PlannedRun], by_uid: dict[str, PlannedRun], root: P
         for run in group:
             _prepare(run)
         with executor.batch():
-            job_fn = RunJob(signal_delay_s=float(profile.get("signal_delay_s", 90)))
+            job_fn = RunJob(signal_delay_s=float(profile.get("signal_delay_s", 90)), cuda=wants_gpus(profile) or None,
+                            dist_timeout_s=profile.get("dist_timeout_s"))
             jobs = [executor.submit(job_fn, r.config.to_dict(), str(r.run_dir), str(root)) for r in group]
         for run, job in zip(group, jobs):
             job_ids[run.uid] = str(job.job_id)

@@ -1,5 +1,6 @@
 """One run as a submitit job (RunJob): USR2 and time-outs become a checkpoint and a requeue; a job with several
-tasks sets up torch.distributed; a failure before the trainer starts is recorded."""
+tasks (one rank each) starts torch.distributed before the trainer, which then joins it (docs/distributed.md); a
+failure before the trainer starts is recorded."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from ..config import RunConfig
+from ..distributed import LAUNCH_VARS, TIMEOUT_ENV, timeout
 from ..results import (
     RunLockedError,
     read_status,
     run_lock,
     write_status,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 # ----------------------------------------------------------------------------------------------------
 # the job
@@ -40,9 +45,12 @@ class RunJob(submitit.helpers.Checkpointable):
     at the step it is on, then submitit calls `checkpoint()`, which requeues the same run; the requeued job
     resumes from checkpoints/last.pt without losing a step."""
 
-    def __init__(self, threads: int = 0, signal_delay_s: float = 90.0):
+    def __init__(self, threads: int = 0, signal_delay_s: float = 90.0, cuda: bool | None = None,
+                 dist_timeout_s: float | None = None):
         self.threads = threads  # torch CPU threads (local runs: 1 each); 0 leaves torch's default
         self.signal_delay_s = signal_delay_s  # how long before the time limit SLURM sends USR2 (the profile's)
+        self.cuda = cuda  # True: the job was given GPUs and must train on one; None: CUDA when visible
+        self.dist_timeout_s = dist_timeout_s  # the collective time-out (the profile's); None: the environment's
 
     def __call__(self, config: dict, run_dir: str, root: str) -> dict:
         import torch
@@ -51,20 +59,25 @@ class RunJob(submitit.helpers.Checkpointable):
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
+        if self.dist_timeout_s is not None:  # read by distributed.timeout(), here and in the trainer
+            os.environ[TIMEOUT_ENV] = f"{float(self.dist_timeout_s):g}"
         try:
             cfg = absolute_init(config, root)
-            world, device = _setup_distributed()
+            world, device = setup_distributed(self.cuda)
         except Exception as exc:
-            _record_failure(Path(run_dir), exc)  # e.g. torch.distributed cannot start on this node
+            _record_failure(Path(run_dir), exc)  # e.g. no GPU for this task, or torch.distributed cannot start
             raise
         stop, requeue = self._take_over_usr2()
+        rank = torch.distributed.get_rank() if world > 1 else 0
         try:
             status = train(cfg, run_dir, device=device, stop=stop)
         finally:
             if world > 1:
                 torch.distributed.destroy_process_group()
+        if world > 1:  # each task's own log: where every rank ended
+            print(f"rank {rank} of {world}: {status.get('state')} at step {status.get('step')}", flush=True)
         if stop.is_set() and status.get("state") == "interrupted" and requeue is not None:
-            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() -> scontrol requeue -> exit
+            requeue(signal.SIGUSR2, None)  # submitit: rank 0 calls checkpoint(), requeues the job and exits
         return status
 
     def _take_over_usr2(self) -> tuple[threading.Event, Any]:
@@ -84,7 +97,8 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, config: dict, run_dir: str, root: str) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; it resumes from its last checkpoint."""
-        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.signal_delay_s), config, run_dir, root)
+        job = RunJob(self.threads, self.signal_delay_s, self.cuda, self.dist_timeout_s)
+        return submitit.helpers.DelayedSubmission(job, config, run_dir, root)
 
 
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
@@ -133,18 +147,50 @@ def slurm_duration_s(text: str) -> int | None:
     return seconds + int(days or 0) * 86400
 
 
-def _setup_distributed() -> tuple[int, str | None]:
-    """(world size, device). Several tasks in one job: torch.distributed from submitit's environment, with
-    CUDA_VISIBLE_DEVICES narrowed to the task's own GPU. The trainer all-reduces gradients itself."""
+def task_device(cuda: bool | None, local_rank: int, rank: int) -> torch.device:
+    """This task's device. Where the task sees several GPUs (every task sees the node's), it takes the
+    local_rank-th; where it sees exactly one, that one (SLURM bound one GPU to each task: --gpus-per-task,
+    --gpu-bind). The GPUs are never renumbered (submitit's CUDA_VISIBLE_DEVICES=local_rank picks the wrong GPU,
+    or none, under such a binding). A job given GPUs (cuda True) that sees none for this task fails; it never
+    falls back to the CPU. cuda None: the CPU when no GPU is visible."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda is False or (cuda is None and count == 0):
+        return torch.device("cpu")
+    if count == 1:
+        return torch.device("cuda", 0)
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    raise RuntimeError(f"rank {rank}: CUDA asked for but this process sees {count} GPU(s) for LOCAL_RANK "
+                       f"{local_rank} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                       "not falling back to the CPU")
+
+
+def setup_distributed(cuda: bool | None) -> tuple[int, torch.device | None]:
+    """(world size, device) of this task of a submitit job. Rendezvous variables inherited from the environment
+    the job was submitted from (sbatch exports it) are dropped: they describe another job. One task: no process
+    group (the trainer's device, checked when the job was given GPUs). Several: RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR (the first node) and MASTER_PORT (drawn from the job id) from submitit's task environment,
+    then the process group, nccl on CUDA and gloo on the CPU, with the collective time-out
+    distributed.timeout(); the trainer joins it."""
     import torch
 
     try:
-        world = submitit.JobEnvironment().num_tasks
+        env = submitit.JobEnvironment()
+        world, local_rank, rank = env.num_tasks, env.local_rank, env.global_rank
     except RuntimeError:  # an in-process (debug) job has no submitit task environment
         return 1, None
+    for key in (*LAUNCH_VARS, "LOCAL_WORLD_SIZE"):
+        os.environ.pop(key, None)
     if world <= 1:
-        return 1, None
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
-    cuda = torch.cuda.is_available()
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
-    return world, "cuda:0" if cuda else "cpu"
+        return 1, (task_device(True, local_rank, rank) if cuda else None)
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    device = task_device(cuda, local_rank, rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # nccl binds this process to its device
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend, init_method="env://", timeout=timeout())
+    print(f"rank {rank} of {world} (local rank {local_rank} on {env.hostname}): {backend} on {device}, "
+          f"collective time-out {timeout().total_seconds():g} s", flush=True)
+    return world, device
