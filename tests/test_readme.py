@@ -71,6 +71,10 @@ def test_every_readme_command_is_known_and_parses():
                     assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no Makefile target {target!r}"
         elif word == "export":
             assert re.fullmatch(r"export [A-Z_]+=\S+", line), line
+        elif word == "torchrun":  # the dynamics command it starts on each rank (tests/test_distributed.py runs one)
+            argv = shlex.split(line)
+            start = next(i for i, a in enumerate(argv) if a.endswith("bin/dynamics")) + 1
+            subcommands.add(parse(argv[start:]).func.__name__)
         else:
             assert word == "dynamics", f"README command {line!r} is neither make nor dynamics: test it here"
             subcommands.add(parse(dynamics_argv(line)).func.__name__)
