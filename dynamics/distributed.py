@@ -81,6 +81,13 @@ def launched_world_size() -> int:
     return int(os.environ["WORLD_SIZE"])
 
 
+def no_gpu_error(rank: int, count: int, local_rank: int) -> RuntimeError:
+    """The one line a rank asked for CUDA fails with when it sees no GPU of its own (never a CPU fallback)."""
+    return RuntimeError(f"rank {rank}: CUDA asked for but this process sees {count} GPU(s) for LOCAL_RANK "
+                        f"{local_rank} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                        "not falling back to the CPU")
+
+
 def init_from_env(device: str | torch.device | None) -> tuple[str | torch.device | None, bool]:
     """Join the process group a launcher described in LAUNCH_VARS (torchrun: env://), unless one is up or the
     job has one process. Returns (this rank's device, whether this call started the group). On CUDA the device
@@ -93,9 +100,7 @@ def init_from_env(device: str | torch.device | None) -> tuple[str | torch.device
     if wants_cuda:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if local_rank >= count:
-            raise RuntimeError(f"rank {os.environ['RANK']}: CUDA asked for but this process sees {count} GPU(s) "
-                               f"for LOCAL_RANK {local_rank} (CUDA_VISIBLE_DEVICES="
-                               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not falling back to the CPU")
+            raise no_gpu_error(int(os.environ["RANK"]), count, local_rank)
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if wants_cuda else "gloo", init_method="env://", timeout=timeout())

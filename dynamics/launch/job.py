@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from ..config import RunConfig
-from ..distributed import LAUNCH_VARS, TIMEOUT_ENV, timeout
+from ..distributed import LAUNCH_VARS, TIMEOUT_ENV, no_gpu_error, timeout
 from ..results import (
     RunLockedError,
     read_status,
@@ -162,9 +162,7 @@ def task_device(cuda: bool | None, local_rank: int, rank: int) -> torch.device:
         return torch.device("cuda", 0)
     if local_rank < count:
         return torch.device("cuda", local_rank)
-    raise RuntimeError(f"rank {rank}: CUDA asked for but this process sees {count} GPU(s) for LOCAL_RANK "
-                       f"{local_rank} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-                       "not falling back to the CPU")
+    raise no_gpu_error(rank, count, local_rank)
 
 
 def setup_distributed(cuda: bool | None) -> tuple[int, torch.device | None]:
