@@ -177,7 +177,9 @@ def setup_distributed(cuda: bool | None) -> tuple[int, torch.device | None]:
     try:
         env = submitit.JobEnvironment()
         world, local_rank, rank = env.num_tasks, env.local_rank, env.global_rank
-    except RuntimeError:  # an in-process (debug) job has no submitit task environment
+    except RuntimeError:  # not in a submitit job
+        return 1, None
+    if env.cluster == "debug":  # in this process: its environment is the caller's, left as it is
         return 1, None
     for key in (*LAUNCH_VARS, "LOCAL_WORLD_SIZE"):
         os.environ.pop(key, None)
