@@ -29,7 +29,7 @@ tasks sets up torch.distributed from submitit's environment.
 
 The package: `plan` (states, actions, the one readiness function, pre-flight), `executors` (debug, local,
 slurm), `job` (RunJob), `profile` (cluster profiles), `cost` (the cost model); this module joins them in
-`prepare` and `launch`. Tables and dry runs are printed by the CLI (dynamics/cli.py).
+`prepare` and `launch`. Tables and dry runs are printed by the CLI (dynamics/cli/tables.py).
 """
 
 from __future__ import annotations
