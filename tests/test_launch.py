@@ -1,5 +1,6 @@
 """Launching grids: local subprocesses, kill and resume, dependencies, SLURM parameters, the results store."""
 
+import importlib
 import io
 import json
 import os
@@ -345,3 +346,25 @@ def test_shared_runs_train_once_and_read_as_each_studys(tmp_path):
     assert theirs["hash"].iloc[0] == mine["hash"].iloc[0]
     again = {r.uid: r.action for r in plan([owner, user], "smoke", tmp_path, seeds=1)}
     assert again == {"share-owner:a/s0": "skip", "share-user:b/s0": "shared"}
+
+
+def test_squeue_that_fails_is_asked_again_and_never_read_as_an_empty_queue(tmp_path, monkeypatch):
+    """A busy controller answers "Socket timed out": read as "nothing queued", a second job would be submitted
+    for a run that has one. squeue is asked again; one that never answers is an error, not an empty queue."""
+    plan_mod = importlib.import_module("dynamics.launch.plan")  # the module (the package exports plan())
+    calls = tmp_path / "calls"
+    fake = tmp_path / "squeue"
+    fake.write_text("#!/bin/sh\necho x >> " + str(calls) + "\nn=$(wc -l < " + str(calls) + ")\n"
+                    "if [ \"$n\" -le \"$FAILS\" ]; then\n"
+                    "  echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1\nfi\n"
+                    "echo '12_0 RUNNING'\necho '12_1 PENDING'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(plan_mod.time, "sleep", lambda s: None)
+    monkeypatch.setenv("FAILS", "2")
+    assert plan_mod.squeue_states(["12_0", "12_1"]) == {"12_0": "RUNNING", "12_1": "PENDING"}
+    assert len(calls.read_text().splitlines()) == 3
+    calls.unlink()
+    monkeypatch.setenv("FAILS", "99")
+    with pytest.raises(RuntimeError, match="squeue did not answer after 5 tries .*Socket timed out"):
+        plan_mod.squeue_states(["12_0"])

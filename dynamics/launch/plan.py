@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,14 +148,31 @@ def plan(studies: Sequence[Study], scale: str, root: str | Path = "results", see
     return out
 
 
+SQUEUE_TRIES = 5
+
+
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. `-r` lists
     every array task on its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
-                             text=True, timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None
+    out = None
+    for attempt in range(SQUEUE_TRIES):
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+                                 capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            return None
+        except subprocess.TimeoutExpired:
+            out = None
+            continue
+        # An id SLURM has forgotten is "Invalid job id" with nothing listed: no job of ours is queued.
+        if out.returncode == 0 or "Invalid job id" in out.stderr:
+            break
+        time.sleep(min(8.0, 0.5 * 2**attempt))  # a busy controller ("Socket timed out"): ask again
+    else:
+        # Reading an unanswered squeue as "nothing queued" would submit a second job for a run that has one.
+        reason = (out.stderr.strip().splitlines() or ["no answer"])[-1] if out is not None else "timed out"
+        raise RuntimeError(f"squeue did not answer after {SQUEUE_TRIES} tries ({reason}); not deciding which runs "
+                           "are queued")
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
