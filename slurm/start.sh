@@ -58,7 +58,9 @@ write_config() {  # write_config PATH MODE: stdin to PATH, unless PATH exists an
 }
 
 # -- munge -------------------------------------------------------------------------------------------------
-if ! alive munged; then
+# A munged that answers (one this script started whose pid file is gone, or the machine's own) is used as it is:
+# a second one cannot bind the socket.
+if ! alive munged && ! (munge -n | unmunge) >/dev/null 2>&1; then
     [ -s /etc/munge/munge.key ] || { mungekey --create --keyfile=/etc/munge/munge.key 2>/dev/null \
         || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none; }
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
