@@ -55,6 +55,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(GROUP.get(item.path.name, item.path.name)))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The files' groups must reach xdist's scheduler: without them two workers would start SLURM at once.
+    (pytest 9 stores node ids where pytest-xdist 3.8 cannot add the group, hence pytest < 9 in the dev extra.)"""
+    if WORKER and session.config.getvalue("loadgroup"):
+        lost = [i.nodeid for i in session.items if any(i.iter_markers("xdist_group")) and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist dropped the test groups (e.g. {lost[0]}): pytest "
+                                    f"{pytest.__version__} with this pytest-xdist cannot run `--dist loadgroup`")
+
+
 def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> tuple:
     """(directory, what `build` returned, as JSON): built once per test run and shared by the xdist workers; the
     first to take the lock builds it (a failed build leaves no record: the next one builds it again). Readers

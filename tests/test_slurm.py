@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from waiting import wait_until
 
 from dynamics.cli import main as cli_main
 from dynamics.launch import absolute_init, launch, load_profile, plan, squeue_states
@@ -82,16 +83,6 @@ def _study(name: str, grid) -> Study:
 
 def queued(ids: list[str]) -> dict[str, str]:
     return squeue_states(ids) or {}
-
-
-def wait_until(condition, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def job_id(run_dir: Path) -> str:

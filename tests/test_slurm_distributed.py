@@ -10,11 +10,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from waiting import wait_until
 
 from dynamics.config import ConfigError, apply_overrides, preset
 from dynamics.launch import launch, load_profile, plan, slurm_parameters, squeue_states
@@ -43,16 +43,6 @@ CLOCK = ("time", "steps_per_s", "start_step")  # the metrics columns that differ
 
 def smoke_cfg():
     return apply_overrides(preset("smoke-dtd-lu"), SMOKE)
-
-
-def wait_until(condition, what: str, timeout: float = GUARD_S, poll: float = 0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def task_pids(job: str) -> list[int]:
@@ -104,21 +94,21 @@ def preempted(slurm_cluster, tmp_path_factory):
     reference = root / "torchrun"
     proc = torchrun(reference)
 
-    pids = wait_until(lambda: len(task_pids(job)) == 2 and task_pids(job), f"job {job}'s two tasks")
-    wait_until(lambda: last_step(run_dir) >= SIGNAL_AT, f"job {job} to pass step {SIGNAL_AT}")
+    pids = wait_until(lambda: len(task_pids(job)) == 2 and task_pids(job), GUARD_S, f"job {job}'s two tasks", poll=0.02)
+    wait_until(lambda: last_step(run_dir) >= SIGNAL_AT, GUARD_S, f"job {job} to pass step {SIGNAL_AT}", poll=0.02)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     held_at = last_step(run_dir)
     subprocess.run(["scancel", "-s", "USR2", job], check=True)
-    wait_until(lambda: all(usr2_pending(p) for p in pids), "the USR2 to reach both tasks")
+    wait_until(lambda: all(usr2_pending(p) for p in pids), GUARD_S, "the USR2 to reach both tasks", poll=0.02)
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
 
     log, _ = proc.communicate(timeout=GUARD_S)
     assert proc.returncode == 0, log
     ended = ("done", "failed", "diverged")  # written by the requeued job
-    wait_until(lambda: read_status(run_dir).get("state") in ended, f"job {job}'s run to end", poll=0.5)
-    wait_until(lambda: job not in (squeue_states([job]) or {}), f"job {job} to leave the queue", poll=0.5)
+    wait_until(lambda: read_status(run_dir).get("state") in ended, GUARD_S, f"job {job}'s run to end", poll=0.5)
+    wait_until(lambda: job not in (squeue_states([job]) or {}), GUARD_S, f"job {job} to leave the queue", poll=0.5)
     logs = {rank: (root / "smoke" / study.name / ".submitit" / job / f"{job}_{rank}_log.out").read_text()
             for rank in (0, 1)}
     return {"run_dir": run_dir, "reference": reference, "held_at": held_at, "logs": logs, "job": job}
