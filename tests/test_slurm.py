@@ -243,7 +243,8 @@ def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp
     actions = {r.spec.key.split("/")[0]: r.action for r in plan([faults], "smoke", root, seeds=1)}
     assert actions["scancel"] == actions["kill9"] == "resume", actions
     final = launch([faults], "smoke", executor="slurm", root=root, seeds=1, profile=PROFILE, progress=False)
-    assert sorted(k.split(":")[1].split("/")[0] for k in final) == ["kill9", "scancel"]
+    queue = subprocess.run(["squeue", "-a", "-r", "-o", "%i %A %T %j"], capture_output=True, text=True).stdout
+    assert sorted(k.split(":")[1].split("/")[0] for k in final) == ["kill9", "scancel"], (final, jobs, queue)
 
     wait_until(watch.resumed, 900, "the USR2 and time-out checkpoints and their requeue", poll=0.05)
     reference = tmp_path / "uninterrupted"

@@ -3,6 +3,7 @@ the one readiness function, pre-flight checks and the record of a launch's overr
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -152,20 +153,21 @@ SQUEUE_TRIES = 5
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. `-r` lists
-    every array task on its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
+    """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. The user's
+    whole queue is read and filtered here: `squeue -j` fails for every id once one of them has been purged
+    (MinJobAge after it ended), which would read as "none of them is queued". `-r` lists every array task on
+    its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
     out = None
     for attempt in range(SQUEUE_TRIES):
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+            out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
                                  capture_output=True, text=True, timeout=30)
         except FileNotFoundError:
             return None
         except subprocess.TimeoutExpired:
             out = None
             continue
-        # An id SLURM has forgotten is "Invalid job id" with nothing listed: no job of ours is queued.
-        if out.returncode == 0 or "Invalid job id" in out.stderr:
+        if out.returncode == 0:
             break
         time.sleep(min(8.0, 0.5 * 2**attempt))  # a busy controller ("Socket timed out"): ask again
     else:
@@ -173,13 +175,12 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
         reason = (out.stderr.strip().splitlines() or ["no answer"])[-1] if out is not None else "timed out"
         raise RuntimeError(f"squeue did not answer after {SQUEUE_TRIES} tries ({reason}); not deciding which runs "
                            "are queued")
+    wanted = set(job_ids)
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2:
-            states[parts[0]] = parts[1]
-        elif parts:
-            states[parts[0]] = "PENDING"
+        if parts and parts[0] in wanted:
+            states[parts[0]] = parts[1] if len(parts) >= 2 else "PENDING"
     return states
 
 
