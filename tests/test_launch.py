@@ -357,12 +357,12 @@ def test_squeue_that_fails_is_asked_again_and_never_read_as_an_empty_queue(tmp_p
     fake.write_text("#!/bin/sh\necho x >> " + str(calls) + "\nn=$(wc -l < " + str(calls) + ")\n"
                     "if [ \"$n\" -le \"$FAILS\" ]; then\n"
                     "  echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1\nfi\n"
-                    "echo '12_0 RUNNING'\necho '12_1 PENDING'\necho '13_0 RUNNING'\n")
+                    "echo '12_0 RUNNING'\necho '12_1 REQUEUED'\necho '12_2 COMPLETED'\necho '13_0 RUNNING'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(plan_mod.time, "sleep", lambda s: None)
     monkeypatch.setenv("FAILS", "2")
-    assert plan_mod.squeue_states(["12_0", "12_1"]) == {"12_0": "RUNNING", "12_1": "PENDING"}
+    assert plan_mod.squeue_states(["12_0", "12_1", "12_2"]) == {"12_0": "RUNNING", "12_1": "REQUEUED"}
     assert len(calls.read_text().splitlines()) == 3
     calls.unlink()
     monkeypatch.setenv("FAILS", "99")

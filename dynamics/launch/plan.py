@@ -150,17 +150,21 @@ def plan(studies: Sequence[Study], scale: str, root: str | Path = "results", see
 
 
 SQUEUE_TRIES = 5
+# SLURM's final job states. squeue is asked for every state (-t all): its default list leaves out a job that is
+# being requeued (REQUEUED, REQUEUE_FED, ...) between its preemption and its next start, which would read as gone.
+ENDED_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                          "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT"})
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: SLURM state} of the jobs still in the queue; None when squeue is not available. The user's
-    whole queue is read and filtered here: `squeue -j` fails for every id once one of them has been purged
-    (MinJobAge after it ended), which would read as "none of them is queued". `-r` lists every array task on
-    its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
+    """{job id: SLURM state} of the jobs not yet ended (queued, running or being requeued); None when squeue is
+    not available. The user's whole queue is read and filtered here: `squeue -j` fails for every id once one of
+    them has been purged (MinJobAge after it ended), which would read as "none of them is queued". `-r` lists
+    every array task on its own line (without it, pending tasks print collapsed as `65_[2-3]`)."""
     out = None
     for attempt in range(SQUEUE_TRIES):
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
+            out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i %T"],
                                  capture_output=True, text=True, timeout=30)
         except FileNotFoundError:
             return None
@@ -179,8 +183,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if parts and parts[0] in wanted:
-            states[parts[0]] = parts[1] if len(parts) >= 2 else "PENDING"
+        state = parts[1] if len(parts) >= 2 else "PENDING"
+        if parts and parts[0] in wanted and state not in ENDED_STATES:
+            states[parts[0]] = state
     return states
 
 
