@@ -244,9 +244,6 @@ def test_preemption_timeout_requeue_cancel_kill_end_bit_identical(submitted, tmp
     assert actions["scancel"] == actions["kill9"] == "resume", actions
     final = launch([faults], "smoke", executor="slurm", root=root, seeds=1, profile=PROFILE, progress=False)
     queue = subprocess.run(["squeue", "-a", "-r", "-o", "%i %A %T %j"], capture_output=True, text=True).stdout
-    Path("/tmp/slurm_debug.txt").write_text(repr((final, jobs, queue, {f: read_status(runs[f].run_dir) for f in FAULTS},
-                                                   {f: sorted(v) for f, v in watch.seen.items()}, watch.interrupted,
-                                                   submitit_log(root, jobs["usr2"])[-3000:])))
     assert sorted(k.split(":")[1].split("/")[0] for k in final) == ["kill9", "scancel"], (final, jobs, queue)
 
     wait_until(watch.resumed, 900, "the USR2 and time-out checkpoints and their requeue", poll=0.05)
