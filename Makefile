@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/ruff check dynamics experiments tests benchmarks
 	$(BIN)/python -m pytest -x -n $(TEST_WORKERS) --dist loadgroup tests $(SLURM_TESTS:%=--ignore=%)
 	# the real-SLURM tests on their own, after the rest: with the other worker busy beside them, the fault test's
-	# preempted run was once submitted a second time (see CHANGELOG)
+	# preempted run was submitted a second time (CHANGELOG, "SLURM queue reading")
 	$(BIN)/python -m pytest -x $(SLURM_TESTS)
 
 lint: $(STAMP)
