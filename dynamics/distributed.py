@@ -248,8 +248,9 @@ def start_together(info: DistInfo, restore: Callable[[], bool],
         if info.world_size == 1:
             raise
         resumed, error = False, f"{type(exc).__name__}: {exc}"
-    step, model, extra = start()
-    agree_on_start(info, step, state_digest(step, model, extra), error, source)
+    if info.world_size > 1:  # one rank has nothing to agree with: no pass over the model
+        step, model, extra = start()
+        agree_on_start(info, step, state_digest(step, model, extra), error, source)
     return resumed
 
 
